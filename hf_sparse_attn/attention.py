@@ -1,0 +1,155 @@
+"""The ``"sparse_prefill"`` attention function and its mask function, registered with transformers.
+
+Which path a call takes (decided from shapes and the mask, since no cache position reaches us):
+
+- sparse: a prefill (query length == key length, no past) of at least ``min_sparse_len`` tokens on a
+  layer that has an indexer: selector block scores -> ``select_blocks`` -> block-sparse kernel.
+- dense, identical to ``sdpa``: decode steps, chunked prefill, static-cache prefill, prompts shorter
+  than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
+  non-causal modules (vision towers). Each such reason is logged once at debug level.
+
+The mask function returns ``None`` (causal, no padding) or, for padded prefills, a compact key mask
+[B, 1, 1, S] (causal implied, never an S x S tensor); every other case gets the stock sdpa mask.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    causal_mask_function,
+    prepare_padding_mask,
+    sdpa_mask,
+)
+
+from .ops import block_sparse_attention, pooled_attention_mass
+from .padding import PaddingLayout
+from .selection import BlockList, select_blocks
+
+ATTENTION_NAME = "sparse_prefill"
+logger = logging.getLogger("hf_sparse_attn")
+_logged: set[str] = set()
+
+
+def _debug_once(reason: str) -> None:
+    if reason not in _logged:
+        _logged.add(reason)
+        logger.debug("sparse_prefill: dense path (%s); logged once", reason)
+
+
+def sparse_prefill_mask(*args, **kwargs) -> torch.Tensor | None:
+    """Mask function for ``AttentionMaskInterface``: compact key mask for plain padded prefills."""
+    q_length, kv_length = kwargs.get("q_length"), kwargs.get("kv_length")
+    plain_prefill = (
+        isinstance(q_length, int)
+        and q_length > 1
+        and q_length == kv_length
+        and isinstance(kwargs.get("q_offset", 0), int)
+        and kwargs.get("q_offset", 0) == 0
+        and kwargs.get("kv_offset", 0) == 0
+        and kwargs.get("mask_function", causal_mask_function) is causal_mask_function
+        and kwargs.get("local_size") is None
+        and not args
+    )
+    if not plain_prefill:
+        return sdpa_mask(*args, **kwargs)
+    padding = prepare_padding_mask(kwargs.get("attention_mask"), kv_length, 0)
+    if padding is None or bool(padding.all()):
+        return None
+    return padding.bool()[:, None, None, :]
+
+
+def _is_compact(mask: torch.Tensor | None, q_len: int) -> bool:
+    return mask is not None and mask.dim() == 4 and mask.shape[-2] == 1 and q_len > 1
+
+
+def dense_attention(module, query, key, value, attention_mask, **kwargs) -> tuple[torch.Tensor, None]:
+    """Stock sdpa; a compact prefill mask is expanded to the causal + padding mask sdpa builds itself."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if _is_compact(attention_mask, q_len):
+        qpos = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
+        causal = torch.arange(kv_len, device=query.device)[None, :] <= qpos
+        attention_mask = attention_mask & causal[None, None]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def layer_block_scores(
+    module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor
+) -> torch.Tensor:
+    """Block scores from the layer's configured selector (``"indexer"`` or ``"oracle"``)."""
+    indexer = module.indexer
+    cfg = indexer.config
+    if cfg.selector == "oracle":
+        return pooled_attention_mass(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
+    return indexer.block_scores(q, k, seq_lens)
+
+
+def sparse_prefill_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """``AttentionInterface`` function: [B, H, S, D] states in, ([B, S, Hq, D], None) out."""
+    if not hasattr(module, "indexer"):
+        if not getattr(module, "is_causal", True):
+            _debug_once("non-causal module")
+            return dense_attention(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        raise RuntimeError(
+            f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')}) has no indexer: call "
+            "hf_sparse_attn.attach_indexer(model, config) or load_indexer(model, path) before running "
+            "attn_implementation='sparse_prefill'"
+        )
+    indexer = module.indexer
+    q_len, kv_len = query.shape[2], key.shape[2]
+    reason = None
+    if indexer is None:
+        reason = "dense layer"
+    elif q_len != kv_len:
+        reason = "decode or chunked prefill"
+    elif q_len < indexer.config.min_sparse_len:
+        reason = "prompt shorter than min_sparse_len"
+    elif attention_mask is not None and not _is_compact(attention_mask, q_len):
+        reason = "non-causal or cache-sized mask"
+    if reason is not None:
+        _debug_once(reason)
+        return dense_attention(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if dropout > 0.0:
+        raise ValueError(
+            "sparse_prefill does not support attention dropout; set config.attention_dropout = 0"
+        )
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    key_valid = None if attention_mask is None else attention_mask[:, 0, 0, :]
+    layout = PaddingLayout.from_key_mask(key_valid, query.shape[0], q_len, query.device)
+    q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
+    blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
+    indexer.last_selection = blocks
+    out, _ = block_sparse_attention(
+        q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
+    )
+    return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def last_selection(module: torch.nn.Module) -> BlockList | None:
+    """The block list the layer used in its most recent sparse prefill (None if it has not run sparse)."""
+    indexer = getattr(module, "indexer", None)
+    return getattr(indexer, "last_selection", None)
+
+
+def register() -> None:
+    """Register ``"sparse_prefill"`` (attention + mask) with transformers. Idempotent."""
+    AttentionInterface.register(ATTENTION_NAME, sparse_prefill_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sparse_prefill_mask)

@@ -1,0 +1,120 @@
+"""SparseAttentionConfig: every knob of the sparse prefill path, validated and JSON-serializable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_NAME = "sparse_config.json"
+SELECTORS = ("indexer", "oracle")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SparseAttentionConfig:
+    """How each full-attention layer picks and attends to key blocks during prefill.
+
+    Budget: exactly one of ``top_k`` (blocks per query block), ``density`` (fraction of the causal
+    blocks of each query block) or ``top_p`` (smallest set of blocks holding this share of the
+    selector's mass). With none given, ``density=0.1``. Sink and local blocks are always kept on top
+    of the budget rule and count towards it.
+    """
+
+    indexer_heads: int = 1
+    indexer_dim: int = 16
+    block_size: int = 64
+    top_k: int | None = None
+    density: float | None = None
+    top_p: float | None = None
+    sink_blocks: int = 1
+    local_blocks: int = 2
+    min_sparse_len: int = 4096
+    dense_layers: list[int] = field(default_factory=list)
+    selector: str = "indexer"
+
+    def __post_init__(self) -> None:
+        if self.top_k is None and self.density is None and self.top_p is None:
+            self.density = 0.1
+        self.dense_layers = sorted({int(i) for i in self.dense_layers})
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field out of its allowed range."""
+        _check_int("indexer_heads", self.indexer_heads, 1, 256)
+        _check_int("indexer_dim", self.indexer_dim, 1, 1024)
+        _check_int("block_size", self.block_size, 16, 256)
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
+        budgets = [n for n in ("top_k", "density", "top_p") if getattr(self, n) is not None]
+        if len(budgets) != 1:
+            raise ValueError(f"set exactly one budget rule of top_k / density / top_p, got {budgets}")
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, 1, 1 << 30)
+        if self.density is not None:
+            _check_fraction("density", self.density)
+        if self.top_p is not None:
+            _check_fraction("top_p", self.top_p)
+        _check_int("sink_blocks", self.sink_blocks, 0, 1 << 20)
+        _check_int("local_blocks", self.local_blocks, 1, 1 << 20)
+        _check_int("min_sparse_len", self.min_sparse_len, 1, 1 << 40)
+        for i in self.dense_layers:
+            _check_int("dense_layers[...]", i, 0, 1 << 20)
+        if self.selector not in SELECTORS:
+            raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
+
+    @property
+    def budget(self) -> tuple[str, float]:
+        """The active budget rule as (name, value)."""
+        for name in ("top_k", "density", "top_p"):
+            if getattr(self, name) is not None:
+                return name, getattr(self, name)
+        raise AssertionError("validated config has a budget")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparseAttentionConfig:
+        data = dict(data)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"sparse config format_version {version} is newer than this hf-sparse-attn understands "
+                f"({FORMAT_VERSION}); upgrade hf-sparse-attn"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown sparse config fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_NAME)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> SparseAttentionConfig:
+        path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {directory}: save one with save_indexer(model, dir)"
+            )
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")

@@ -1,0 +1,86 @@
+"""The trainable indexer: low-dim projections of a layer's own query/key states -> block scores.
+
+It works on the post-RoPE q/k that the attention function receives (it never sees hidden states), so
+its keys double as an indexer K-cache for decode. Its block score is the same pooled causal softmax
+mass the teacher computes from the dense attention, which makes KL distillation a like-for-like fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import SparseAttentionConfig
+from .ops import pooled_attention_mass
+
+
+class Indexer(nn.Module):
+    """``indexer_heads`` x ``indexer_dim`` projections of the concatenated query / key heads.
+
+    Indexer head g scores for the query heads of selection group g (1 group = head-collapsed). The
+    initial weights average the heads of the group and apply one shared random projection to q and k,
+    so an untrained indexer already approximates the group-mean attention logits (Johnson-Lindenstrauss)
+    and distillation starts from a sensible point.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        config: SparseAttentionConfig,
+        layer_idx: int | None = None,
+    ) -> None:
+        super().__init__()
+        G, d = config.indexer_heads, config.indexer_dim
+        if num_kv_heads % G:
+            raise ValueError(
+                f"indexer_heads ({G}) must divide the layer's key/value heads ({num_kv_heads}): use 1 "
+                f"(head-collapsed) or a divisor of {num_kv_heads} (one selection per group of kv heads)"
+            )
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.q_proj = nn.Linear(num_heads * head_dim, G * d, bias=False)
+        self.k_proj = nn.Linear(num_kv_heads * head_dim, G * d, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        G, d, D = self.config.indexer_heads, self.config.indexer_dim, self.head_dim
+        proj = torch.randn(G, d, D, generator=generator) / math.sqrt(d)
+        match_scale = (d / D) ** 0.25
+        for lin, heads in ((self.q_proj, self.num_heads), (self.k_proj, self.num_kv_heads)):
+            per_group = heads // G
+            w = torch.zeros(G, d, heads, D)
+            for g in range(G):
+                w[g, :, g * per_group : (g + 1) * per_group] = proj[g][:, None, :] * match_scale / per_group
+            lin.weight.copy_(w.reshape(G * d, heads * D).to(lin.weight))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [B, Hq, S, D], k [B, Hkv, S, D] -> (q_idx, k_idx) each [B, G, S, d]."""
+        G, d = self.config.indexer_heads, self.config.indexer_dim
+        B, _, S, _ = q.shape
+        w_dtype = self.q_proj.weight.dtype
+        q_idx = self.q_proj(q.transpose(1, 2).reshape(B, S, -1).to(w_dtype)).view(B, S, G, d).transpose(1, 2)
+        k_idx = self.k_proj(k.transpose(1, 2).reshape(B, S, -1).to(w_dtype)).view(B, S, G, d).transpose(1, 2)
+        return q_idx, k_idx
+
+    def block_scores(
+        self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pooled indexer attention mass [B, G, nQ, nK] (float32, rows sum to 1 on valid blocks)."""
+        q_idx, k_idx = self(q, k)
+        return pooled_attention_mass(
+            q_idx,
+            k_idx,
+            self.config.block_size,
+            1.0 / math.sqrt(self.config.indexer_dim),
+            self.config.indexer_heads,
+            seq_lens,
+        )
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}, heads={self.config.indexer_heads}, dim={self.config.indexer_dim}"

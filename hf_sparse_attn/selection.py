@@ -1,0 +1,102 @@
+"""Block scores -> compact block list (counts + indices), the seam between selectors and the kernel.
+
+Rules for query block ``i`` of a sequence with ``n`` valid key blocks: only causal blocks
+``j <= i, j < n`` are candidates; sink blocks ``j < sink_blocks`` and local blocks
+``i - local_blocks < j <= i`` are always kept; the rest are ranked by score until the budget is met
+(``top_k`` blocks, ``density`` x the causal blocks, or the smallest set reaching ``top_p`` of the
+normalized score mass, forced blocks' mass counted first). One list per selection group, shared by
+all query heads of that group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import SparseAttentionConfig
+from .ops.common import num_blocks
+
+
+@dataclass
+class BlockList:
+    """Like FlexAttention's BlockMask: ``kv_indices[b, g, i, :kv_num_blocks[b, g, i]]`` ascending."""
+
+    kv_num_blocks: torch.Tensor
+    kv_indices: torch.Tensor
+    block_size: int
+    seq_lens: torch.Tensor
+
+    def to_dense(self) -> torch.Tensor:
+        """Bool [B, G, nQ, nK] block mask (small: blocks, not tokens); for tests and diagnostics."""
+        B, G, nq, width = self.kv_indices.shape
+        slots = torch.arange(width, device=self.kv_indices.device)
+        used = slots < self.kv_num_blocks[..., None]
+        dense = torch.zeros(B, G, nq, nq + 1, dtype=torch.bool, device=self.kv_indices.device)
+        idx = torch.where(used, self.kv_indices.long(), nq)
+        dense.scatter_(-1, idx, True)
+        return dense[..., :nq]
+
+    def density(self) -> torch.Tensor:
+        """Kept fraction of the causal valid blocks, per batch row and group: float [B, G]."""
+        causal = causal_block_counts(self.seq_lens, self.block_size, self.kv_num_blocks.shape[-1])
+        return self.kv_num_blocks.sum(-1).float() / causal.sum(-1).clamp(min=1).float()[:, None]
+
+
+def causal_block_counts(seq_lens: torch.Tensor, block_size: int, nq: int) -> torch.Tensor:
+    """[B, nQ] number of causal candidate key blocks of each query block (0 for padding blocks)."""
+    n_valid = (seq_lens.long() + block_size - 1) // block_size
+    qb = torch.arange(nq, device=seq_lens.device)
+    return torch.where(qb[None, :] < n_valid[:, None], qb[None, :] + 1, 0)
+
+
+def select_blocks(
+    scores: torch.Tensor, config: SparseAttentionConfig, seq_lens: torch.Tensor | None = None
+) -> BlockList:
+    """Select key blocks from ``scores`` [B, G, nQ, nK] (any non-negative per-block score)."""
+    if scores.dim() != 4 or scores.shape[-1] != scores.shape[-2]:
+        raise ValueError(f"scores must be [B, G, nQ, nK] with nQ == nK, got {tuple(scores.shape)}")
+    B, G, nq, nk = scores.shape
+    dev = scores.device
+    bs = config.block_size
+    lens = torch.full((B,), nq * bs, device=dev) if seq_lens is None else seq_lens.to(dev)
+    if num_blocks(int(lens.max()), bs) > nq:
+        raise ValueError(f"seq_lens up to {int(lens.max())} need more than {nq} blocks of {bs}")
+    qb = torch.arange(nq, device=dev)[:, None]
+    kb = torch.arange(nk, device=dev)[None, :]
+    n_valid = (lens.long() + bs - 1) // bs
+    causal = (kb <= qb)[None] & (kb[None] < n_valid[:, None, None]) & (qb[None] < n_valid[:, None, None])
+    forced = causal & ((kb < config.sink_blocks) | (kb > qb - config.local_blocks))[None]
+    causal, forced = causal[:, None], forced[:, None]
+    s = scores.float()
+    prio = torch.where(forced, float("inf"), torch.where(causal, s, float("-inf")))
+    order = torch.sort(prio, dim=-1, descending=True, stable=True).indices
+    n_forced = forced.sum(-1)
+    n_cand = causal.sum(-1)
+    name, value = config.budget
+    if name == "top_k":
+        count = torch.clamp(n_forced, min=value)
+    elif name == "density":
+        count = torch.maximum(n_forced, torch.ceil(n_cand.float() * value - 1e-6).long())
+    else:
+        count = _top_p_count(torch.where(causal, s.clamp(min=0), 0.0), order, value, n_cand)
+        count = torch.maximum(count, n_forced)
+    count = torch.minimum(count, n_cand).expand(B, G, nq)
+    width = max(1, int(count.max()))
+    chosen = order[..., :width]
+    used = torch.arange(width, device=dev) < count[..., None]
+    chosen = torch.sort(torch.where(used, chosen, nk), dim=-1).values
+    chosen = torch.where(used, chosen, 0)
+    return BlockList(count.to(torch.int32), chosen.to(torch.int32).contiguous(), bs, lens)
+
+
+def _top_p_count(mass: torch.Tensor, order: torch.Tensor, p: float, n_cand: torch.Tensor) -> torch.Tensor:
+    """Length of the shortest prefix of ``order`` whose normalized mass reaches ``p``."""
+    if p >= 1.0:
+        return n_cand
+    total = mass.sum(-1, keepdim=True)
+    norm = torch.where(total > 0, mass / total.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    sorted_mass = torch.gather(norm, -1, order)
+    before = torch.cumsum(sorted_mass, dim=-1) - sorted_mass
+    count = (before < p - 1e-6).sum(-1)
+    return torch.where(total[..., 0] > 0, count, n_cand)
