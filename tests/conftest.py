@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
 from transformers.models.qwen3_5 import Qwen3_5TextConfig
 
