@@ -63,6 +63,87 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    return [int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in text.split(",")]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("benchmarks need a CUDA device (the CPU path is the reference, not a speed path)")
+    from .bench import report
+
+    if args.what == "kernels":
+        from .bench.kernels import run
+
+        def show(r):
+            speed = f"{r.ms:.3f} ms, {r.tflops:.0f} TFLOP/s" if r.ms else "not timed"
+            print(
+                f"{r.shape} S={r.seq_len} d={r.density:.3f} {r.method}: {speed}, rel_err={r.rel_err} {r.note}",
+                flush=True,
+            )
+
+        rows = run(
+            args.shapes.split(","),
+            _ints(args.seq_lens),
+            _floats(args.densities),
+            block=args.block_size,
+            with_flex=not args.no_flex,
+            progress=show,
+        )
+        cols = [
+            "shape",
+            "seq_len",
+            "density",
+            "method",
+            "ms",
+            "tflops",
+            "speedup_vs_cudnn",
+            "rel_err",
+            "note",
+        ]
+        paths = report.save(
+            "kernels", args.out, rows, cols, "Block-sparse attention kernels", report.plot_kernels
+        )
+    elif args.what == "selection":
+        from .bench.kernels import selection_cost
+
+        rows = [selection_cost(S, block=args.block_size) for S in _ints(args.seq_lens)]
+        for r in rows:
+            print(r, flush=True)
+        cols = [
+            "shape",
+            "seq_len",
+            "block",
+            "total_ms",
+            "scoring_ms",
+            "selection_ms",
+            "peak_extra_mib",
+            "s_by_s_bf16_mib",
+        ]
+        paths = report.save("selection", args.out, rows, cols, "Indexer scoring + selection cost (one layer)")
+    else:
+        from .bench.memory import run as run_memory
+
+        rows = run_memory(_ints(args.seq_lens))
+        for r in rows:
+            print(r, flush=True)
+        paths = report.save(
+            "memory",
+            args.out,
+            rows,
+            ["method", "seq_len", "density", "peak_extra_mib", "s_by_s_fp32_mib"],
+            "Peak prefill memory of the demo model",
+        )
+    print("wrote", ", ".join(paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     _budget_args(demo)
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory")
+    bench.add_argument("what", choices=["kernels", "selection", "memory"])
+    bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")
+    bench.add_argument("--seq-lens", default="16k,32k,64k,128k", help="comma list; 'k' = x1024")
+    bench.add_argument("--densities", default="1.0,0.2,0.1,0.05")
+    bench.add_argument("--block-size", type=int, default=128)
+    bench.add_argument("--no-flex", action="store_true", help="skip FlexAttention baselines")
+    bench.add_argument("--out", default="results", help="folder for JSON / markdown / PNG")
+    bench.set_defaults(func=_bench)
     return parser
 
 

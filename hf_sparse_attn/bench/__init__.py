@@ -1,0 +1,1 @@
+"""Benchmarks (scripts, not tests): every timing follows a correctness check."""

@@ -1,0 +1,281 @@
+"""`hf-sparse-attn bench kernels`: our block-sparse kernel vs SDPA (flash, cuDNN) and FlexAttention.
+
+Every kernel is checked against a reference on the same inputs before it is timed, and a kernel
+that fails the check gets no speed. The identical block list is given to our kernel and, converted
+to a BlockMask (diagonal blocks partial with a causal mask_mod, the rest full), to FlexAttention.
+Effective TFLOP/s counts only the computed (selected, causal) blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from ..config import SparseAttentionConfig
+from ..ops import block_sparse_attention, pooled_attention_mass
+from ..selection import BlockList, select_blocks
+
+SHAPES = {"qwen3-8b": (32, 8, 128), "qwen3.5-9b": (16, 4, 256)}
+CHECK_TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+@dataclass
+class Row:
+    shape: str
+    seq_len: int
+    density: float
+    method: str
+    ms: float | None
+    tflops: float | None
+    speedup_vs_cudnn: float | None
+    rel_err: float | None
+    note: str = ""
+
+
+def _bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+def random_block_list(B: int, S: int, block: int, density: float, device: str, seed: int = 0) -> BlockList:
+    """Sink + 2 local blocks + uniformly random causal blocks up to ``density`` per query block."""
+    nb = math.ceil(S / block)
+    g = torch.Generator(device=device).manual_seed(seed)
+    scores = torch.rand(B, 1, nb, nb, generator=g, device=device)
+    cfg = SparseAttentionConfig(block_size=block, density=density, sink_blocks=1, local_blocks=2)
+    return select_blocks(scores, cfg)
+
+
+def computed_pairs(blocks: BlockList) -> int:
+    return int(blocks.kv_num_blocks.sum())
+
+
+def flex_block_mask(blocks: BlockList, S: int):
+    """The same block list as a FlexAttention BlockMask: diagonal blocks partial (causal), others full."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    num, idx = blocks.kv_num_blocks, blocks.kv_indices
+    nb = num.shape[-1]
+    qb = torch.arange(nb, device=num.device)
+    slots = torch.arange(idx.shape[-1], device=num.device)
+    used = slots < num[..., None]
+    is_diag = (idx == qb[:, None]) & used
+    full_used = used & ~is_diag
+    full_num = full_used.sum(-1).to(torch.int32)
+    full_idx = torch.sort(torch.where(full_used, idx, nb), dim=-1).values
+    full_idx = torch.where(full_idx < nb, full_idx, 0).to(torch.int32)
+    part_num = is_diag.sum(-1).to(torch.int32)
+    part_idx = (
+        torch.where(is_diag.any(-1, keepdim=True), qb[:, None], 0).expand(*idx.shape[:-1], 1).to(torch.int32)
+    )
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    return BlockMask.from_kv_blocks(
+        part_num,
+        part_idx.contiguous(),
+        full_num,
+        full_idx.contiguous(),
+        BLOCK_SIZE=blocks.block_size,
+        mask_mod=causal,
+        seq_lengths=(S, S),
+    )
+
+
+def _timed(
+    rows, progress, shape, S, density, method, fn, ref, flops, cudnn_ms, dtype
+) -> tuple[float | None, torch.Tensor]:
+    """Check ``fn()`` against ``ref``; time it only if it passes; append the row."""
+    out = fn()
+    err = rel_err(out, ref)
+    ok = err < CHECK_TOL[dtype]
+    ms = _bench(fn) if ok else None
+    rows.append(
+        Row(
+            shape,
+            S,
+            density,
+            method,
+            ms,
+            flops / ms / 1e9 if ms else None,
+            cudnn_ms / ms if ms and cudnn_ms else None,
+            err,
+            "" if ok else "FAILED correctness check: not timed",
+        )
+    )
+    if progress:
+        progress(rows[-1])
+    return ms, out
+
+
+def _sdpa(q, k, v, scale, backend):
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(backend):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=True
+        )
+
+
+def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None:
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    Hq, Hkv, D = SHAPES[shape]
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, h, S, D, device="cuda", dtype=dtype) for h in (Hq, Hkv, Hkv))
+    scale = D**-0.5
+    dense_flops = 4 * Hq * D * (S * (S + 1) / 2)
+    ref = _sdpa(q, k, v, scale, SDPBackend.FLASH_ATTENTION)
+    cudnn_ms = None
+    for name, backend in (
+        ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+    ):
+        try:
+            ms, _ = _timed(
+                rows,
+                progress,
+                shape,
+                S,
+                1.0,
+                name,
+                partial(_sdpa, q, k, v, scale, backend),
+                ref,
+                dense_flops,
+                cudnn_ms,
+                dtype,
+            )
+        except RuntimeError as e:
+            rows.append(Row(shape, S, 1.0, name, None, None, None, None, f"unavailable: {str(e)[:80]}"))
+            ms = None
+        cudnn_ms = ms if name == "sdpa-cudnn" else cudnn_ms
+    if flex is not None:
+        causal = create_block_mask(_causal, None, None, S, S, device="cuda")
+        _timed(
+            rows,
+            progress,
+            shape,
+            S,
+            1.0,
+            "flex-causal",
+            partial(flex, q, k, v, block_mask=causal, scale=scale, enable_gqa=True),
+            ref,
+            dense_flops,
+            cudnn_ms,
+            dtype,
+        )
+    for density in densities:
+        blocks = random_block_list(1, S, block, density, "cuda")
+        flops = 4 * Hq * D * computed_pairs(blocks) * block * block
+        actual = float(blocks.density().mean())
+        ours = partial(_ours, q, k, v, blocks, scale)
+        if flex is None:
+            check = ref if density >= 1.0 else block_sparse_attention_reference(q, k, v, blocks, scale)
+            _timed(rows, progress, shape, S, actual, f"ours-bs{block}", ours, check, flops, cudnn_ms, dtype)
+            continue
+        fl = partial(flex, q, k, v, block_mask=flex_block_mask(blocks, S), scale=scale, enable_gqa=True)
+        check = ref if density >= 1.0 else fl()
+        _timed(rows, progress, shape, S, actual, f"ours-bs{block}", ours, check, flops, cudnn_ms, dtype)
+        _timed(
+            rows,
+            progress,
+            shape,
+            S,
+            actual,
+            f"flex-bs{block}",
+            fl,
+            check if density >= 1.0 else ours(),
+            flops,
+            cudnn_ms,
+            dtype,
+        )
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+def _ours(q, k, v, blocks: BlockList, scale: float) -> torch.Tensor:
+    return block_sparse_attention(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scale)[
+        0
+    ]
+
+
+def block_sparse_attention_reference(q, k, v, blocks: BlockList, scale: float) -> torch.Tensor:
+    from ..ops.block_sparse_attn.naive import block_sparse_attention as naive
+
+    return naive(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scale)[0]
+
+
+def run(
+    shapes: list[str],
+    seq_lens: list[int],
+    densities: list[float],
+    block: int = 128,
+    dtype: torch.dtype = torch.bfloat16,
+    with_flex: bool = True,
+    progress=None,
+) -> list[Row]:
+    """Rows for every (shape, length): SDPA cuDNN / flash, Flex causal, then ours and Flex per density."""
+    flex = None
+    if with_flex:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+    rows: list[Row] = []
+    for shape in shapes:
+        for S in seq_lens:
+            _one_length(rows, progress, shape, S, densities, block, dtype, flex)
+            torch.cuda.empty_cache()
+    return rows
+
+
+def selection_cost(seq_len: int, shape: str = "qwen3-8b", block: int = 64, density: float = 0.1) -> dict:
+    """Indexer projection + pooled scoring + selection for one layer at ``seq_len``; time and extra memory."""
+    from ..indexer import Indexer
+
+    Hq, Hkv, D = SHAPES[shape]
+    dev = "cuda"
+    cfg = SparseAttentionConfig(block_size=block, density=density)
+    indexer = Indexer(Hq, Hkv, D, cfg).to(dev, torch.bfloat16)
+    q = torch.randn(1, Hq, seq_len, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(1, Hkv, seq_len, D, device=dev, dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def step():
+        scores = indexer.block_scores(q, k)
+        return select_blocks(scores, cfg)
+
+    step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak_extra = torch.cuda.max_memory_allocated() - base
+
+    @torch.no_grad()
+    def score_only():
+        return pooled_attention_mass(*indexer(q, k), block, 0.25, 1)
+
+    scores = score_only()
+    return {
+        "shape": shape,
+        "seq_len": seq_len,
+        "block": block,
+        "total_ms": _bench(step),
+        "scoring_ms": _bench(score_only),
+        "selection_ms": _bench(lambda: select_blocks(scores, cfg)),
+        "peak_extra_mib": peak_extra / 2**20,
+        "s_by_s_bf16_mib": seq_len * seq_len * 2 / 2**20,
+    }
