@@ -60,13 +60,19 @@ class Indexer(nn.Module):
             lin.weight.copy_(w.reshape(G * d, heads * D).to(lin.weight))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [B, Hq, S, D], k [B, Hkv, S, D] -> (q_idx, k_idx) each [B, G, S, d]."""
+        """q [B, Hq, S, D], k [B, Hkv, S, D] -> (q_idx, k_idx) each [B, G, S, d].
+
+        Projects head by head (a batched matmul summed over heads) instead of transposing q / k into
+        [B, S, H * D], which would copy the full query states (1 GiB at 128K tokens for Qwen3-8B).
+        """
+        return self._project(q, self.q_proj.weight), self._project(k, self.k_proj.weight)
+
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         G, d = self.config.indexer_heads, self.config.indexer_dim
-        B, _, S, _ = q.shape
-        w_dtype = self.q_proj.weight.dtype
-        q_idx = self.q_proj(q.transpose(1, 2).reshape(B, S, -1).to(w_dtype)).view(B, S, G, d).transpose(1, 2)
-        k_idx = self.k_proj(k.transpose(1, 2).reshape(B, S, -1).to(w_dtype)).view(B, S, G, d).transpose(1, 2)
-        return q_idx, k_idx
+        B, H, S, D = x.shape
+        per_head = weight.view(G * d, H, D).permute(1, 2, 0)
+        y = torch.matmul(x.to(weight.dtype), per_head).sum(1, dtype=torch.float32).to(weight.dtype)
+        return y.view(B, S, G, d).transpose(1, 2)
 
     def block_scores(
         self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor | None = None

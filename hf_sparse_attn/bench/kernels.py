@@ -61,6 +61,7 @@ def computed_pairs(blocks: BlockList) -> int:
 def flex_block_mask(blocks: BlockList, S: int):
     """The same block list as a FlexAttention BlockMask: diagonal blocks partial (causal), others full."""
     from torch.nn.attention.flex_attention import BlockMask
+    from torch.nn.functional import pad
 
     num, idx = blocks.kv_num_blocks, blocks.kv_indices
     nb = num.shape[-1]
@@ -71,11 +72,9 @@ def flex_block_mask(blocks: BlockList, S: int):
     full_used = used & ~is_diag
     full_num = full_used.sum(-1).to(torch.int32)
     full_idx = torch.sort(torch.where(full_used, idx, nb), dim=-1).values
-    full_idx = torch.where(full_idx < nb, full_idx, 0).to(torch.int32)
+    full_idx = pad(torch.where(full_idx < nb, full_idx, 0), (0, nb - idx.shape[-1])).to(torch.int32)
     part_num = is_diag.sum(-1).to(torch.int32)
-    part_idx = (
-        torch.where(is_diag.any(-1, keepdim=True), qb[:, None], 0).expand(*idx.shape[:-1], 1).to(torch.int32)
-    )
+    part_idx = pad(torch.where(is_diag.any(-1), qb, 0)[..., None], (0, nb - 1)).to(torch.int32)
 
     def causal(b, h, q_idx, kv_idx):
         return q_idx >= kv_idx

@@ -19,6 +19,45 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _tile(
+    q,
+    k_base,
+    v_base,
+    kpos,
+    offs_d,
+    r_pos,
+    m_i,
+    l_i,
+    acc,
+    qk_scale,
+    stride_ks,
+    stride_vs,
+    S,
+    MASKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One online-softmax step over the keys at ``kpos``; MASKED adds the causal / bounds mask."""
+    if MASKED:
+        in_seq = kpos < S
+        k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        s = tl.where(kpos[None, :] <= r_pos[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None])
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :])
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _bsa_fwd_kernel(
     Q,
     K,
@@ -54,6 +93,7 @@ def _bsa_fwd_kernel(
     GROUP_HEADS: tl.constexpr,
     HEADS: tl.constexpr,
     BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     D: tl.constexpr,
     WRITE_LSE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -72,7 +112,7 @@ def _bsa_fwd_kernel(
     r_head = h0 + rows // BLOCK
     r_pos = qb * BLOCK + rows % BLOCK
     offs_d = tl.arange(0, D)
-    offs_n = tl.arange(0, BLOCK)
+    offs_n = tl.arange(0, BLOCK_N)
 
     q_ptrs = Q + b * stride_qb + r_head[:, None] * stride_qh + r_pos[:, None] * stride_qs + offs_d[None, :]
     q = tl.load(q_ptrs, mask=(r_pos < S)[:, None], other=0.0)
@@ -84,35 +124,48 @@ def _bsa_fwd_kernel(
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([ROWS], dtype=tl.float32)
     acc = tl.zeros([ROWS, D], dtype=tl.float32)
-
     for i in range(0, n - 1):
         kb = tl.load(idx_base + i)
-        kpos = kb * BLOCK + offs_n
-        k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None])
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :])
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-
+        for j in tl.static_range(BLOCK // BLOCK_N):
+            kpos = kb * BLOCK + j * BLOCK_N + offs_n
+            m_i, l_i, acc = _tile(
+                q,
+                k_base,
+                v_base,
+                kpos,
+                offs_d,
+                r_pos,
+                m_i,
+                l_i,
+                acc,
+                qk_scale,
+                stride_ks,
+                stride_vs,
+                S,
+                False,
+                PRECISION,
+            )
     if n > 0:
         kb = tl.load(idx_base + n - 1)
-        kpos = kb * BLOCK + offs_n
-        in_seq = kpos < S
-        k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        s = tl.where(kpos[None, :] <= r_pos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        for j in tl.static_range(BLOCK // BLOCK_N):
+            kpos = kb * BLOCK + j * BLOCK_N + offs_n
+            m_i, l_i, acc = _tile(
+                q,
+                k_base,
+                v_base,
+                kpos,
+                offs_d,
+                r_pos,
+                m_i,
+                l_i,
+                acc,
+                qk_scale,
+                stride_ks,
+                stride_vs,
+                S,
+                True,
+                PRECISION,
+            )
 
     valid = (r_pos < L) & (l_i > 0)
     out = tl.where(valid[:, None], acc / tl.where(valid, l_i, 1.0)[:, None], 0.0)
@@ -125,20 +178,19 @@ def _bsa_fwd_kernel(
         tl.store(LSE + (b * HQ + r_head) * S + r_pos, lse, mask=r_pos < S)
 
 
-def heads_per_program(rep: int, group_heads: int, block_size: int, head_dim: int) -> int:
-    """Query heads stacked per program (same kv head, same selection group): up to 128 rows for
-    D <= 128, 64 rows for larger heads."""
-    rows = 128 if head_dim <= 128 else 64
-    heads = max(1, rows // block_size)
+def launch_config(rep: int, group_heads: int, block_size: int, head_dim: int) -> dict:
+    """Tile shape from an H100 sweep (bf16, 32K, 10% density): 128 query rows per program (heads of one
+    kv group stacked when the block is shorter), 64-key inner tiles, 4 warps for D <= 128 and 8 for D 256."""
+    heads = max(1, 128 // block_size)
     while rep % heads or group_heads % heads:
         heads //= 2
-    return heads
-
-
-def launch_config(block_size: int, head_dim: int, rows: int) -> dict:
-    if head_dim > 128:
-        return {"num_warps": 8, "num_stages": 2}
-    return {"num_warps": 8 if rows >= 128 else 4, "num_stages": 3}
+    wide = head_dim > 128
+    return {
+        "heads": heads,
+        "block_n": min(block_size, 64),
+        "num_warps": 8 if wide or heads * block_size < 64 else 4,
+        "num_stages": 2 if wide else 3,
+    }
 
 
 def block_sparse_attention_triton(
@@ -151,8 +203,12 @@ def block_sparse_attention_triton(
     scale: float,
     seq_lens: torch.Tensor | None = None,
     write_lse: bool = True,
+    tuning: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``naive.block_sparse_attention``; q/k/v must share a dtype, last dim contiguous."""
+    """Same contract as ``naive.block_sparse_attention``; q/k/v must share a dtype.
+
+    ``tuning`` overrides entries of ``launch_config`` (heads, block_n, num_warps, num_stages) for sweeps.
+    """
     B, Hq, S, D = check_qk(q, k)
     nq = num_blocks(S, block_size)
     check_block_list(kv_num_blocks, kv_indices, B, Hq, nq)
@@ -178,7 +234,8 @@ def block_sparse_attention_triton(
         if write_lse
         else out.new_empty(1, dtype=torch.float32)
     )
-    heads = heads_per_program(rep, group_heads, block_size, D)
+    launch = {**launch_config(rep, group_heads, block_size, D), **(tuning or {})}
+    heads, block_n = launch.pop("heads"), launch.pop("block_n")
     grid = (B * (Hq // heads), nq)
     _bsa_fwd_kernel[grid](
         q,
@@ -215,10 +272,11 @@ def block_sparse_attention_triton(
         GROUP_HEADS=group_heads,
         HEADS=heads,
         BLOCK=block_size,
+        BLOCK_N=block_n,
         D=D,
         WRITE_LSE=write_lse,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **launch_config(block_size, D, heads * block_size),
+        **launch,
     )
     return out, lse
 

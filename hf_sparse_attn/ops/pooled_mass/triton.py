@@ -146,7 +146,7 @@ def pooled_attention_mass_triton(
         BLOCK=block_size,
         D=d,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=8 if heads * block_size >= 128 else 4,
+        num_warps=8 if d > 128 else 4,
         num_stages=2,
     )
     return out
