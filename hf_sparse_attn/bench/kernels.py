@@ -127,7 +127,6 @@ def _sdpa(q, k, v, scale, backend):
 
 def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None:
     from torch.nn.attention import SDPBackend
-    from torch.nn.attention.flex_attention import create_block_mask
 
     Hq, Hkv, D = SHAPES[shape]
     torch.manual_seed(0)
@@ -158,8 +157,9 @@ def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None
             rows.append(Row(shape, S, 1.0, name, None, None, None, None, f"unavailable: {str(e)[:80]}"))
             ms = None
         cudnn_ms = ms if name == "sdpa-cudnn" else cudnn_ms
+    flex_opts = {"kernel_options": {"BLOCK_M": block, "BLOCK_N": block}} if block < 128 else {}
     if flex is not None:
-        causal = create_block_mask(_causal, None, None, S, S, device="cuda")
+        causal = flex_block_mask(random_block_list(1, S, 128, 1.0, "cuda"), S)
         _timed(
             rows,
             progress,
@@ -182,7 +182,9 @@ def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None
             check = ref if density >= 1.0 else block_sparse_attention_reference(q, k, v, blocks, scale)
             _timed(rows, progress, shape, S, actual, f"ours-bs{block}", ours, check, flops, cudnn_ms, dtype)
             continue
-        fl = partial(flex, q, k, v, block_mask=flex_block_mask(blocks, S), scale=scale, enable_gqa=True)
+        fl = partial(
+            flex, q, k, v, block_mask=flex_block_mask(blocks, S), scale=scale, enable_gqa=True, **flex_opts
+        )
         check = ref if density >= 1.0 else fl()
         _timed(rows, progress, shape, S, actual, f"ours-bs{block}", ours, check, flops, cudnn_ms, dtype)
         _timed(
@@ -198,10 +200,6 @@ def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None
             cudnn_ms,
             dtype,
         )
-
-
-def _causal(b, h, q_idx, kv_idx):
-    return q_idx >= kv_idx
 
 
 def _ours(q, k, v, blocks: BlockList, scale: float) -> torch.Tensor:

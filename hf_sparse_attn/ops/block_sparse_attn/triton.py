@@ -179,17 +179,23 @@ def _bsa_fwd_kernel(
 
 
 def launch_config(rep: int, group_heads: int, block_size: int, head_dim: int) -> dict:
-    """Tile shape from an H100 sweep (bf16, 32K, 10% density): 128 query rows per program (heads of one
-    kv group stacked when the block is shorter), 64-key inner tiles, 4 warps for D <= 128 and 8 for D 256."""
-    heads = max(1, 128 // block_size)
-    while rep % heads or group_heads % heads:
+    """Tile shape from an H100 sweep (bf16, 32K tokens, 10% density, `bench/kernels.py` shapes).
+
+    Two query heads of one kv group are stacked per program where the group allows it (K/V tiles
+    loaded once for both), with 64-key inner tiles: block 64 -> 128 rows, 4 warps for D <= 128
+    (460 TFLOP/s) and 8 for D 256 (464); block 128 -> 256 rows, 8 warps (394). D 256 with 128-row
+    blocks needs a single pipeline stage to fit shared memory.
+    """
+    heads = 2 if block_size <= 128 else 1
+    while heads > 1 and (rep % heads or group_heads % heads or heads * block_size * head_dim > 128 * 256):
         heads //= 2
+    rows = heads * block_size
     wide = head_dim > 128
     return {
         "heads": heads,
         "block_n": min(block_size, 64),
-        "num_warps": 8 if wide or heads * block_size < 64 else 4,
-        "num_stages": 2 if wide else 3,
+        "num_warps": 8 if wide or rows > 128 else 4,
+        "num_stages": 1 if wide and block_size >= 128 else (2 if wide else 3),
     }
 
 
