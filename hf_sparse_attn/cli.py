@@ -137,7 +137,7 @@ def _bench(args: argparse.Namespace) -> int:
             "memory",
             args.out,
             rows,
-            ["method", "seq_len", "density", "peak_extra_mib", "s_by_s_fp32_mib"],
+            ["method", "seq_len", "density", "peak_extra_mib", "s_by_s_bf16_mib"],
             "Peak prefill memory of the demo model",
         )
     print("wrote", ", ".join(paths.values()))

@@ -18,7 +18,10 @@ from ..modeling import attach_indexer
 @torch.no_grad()
 def run(seq_lens: list[int], density: float = 0.1, block: int = 64) -> list[dict]:
     config = tiny_qwen3_config()
-    dense = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").cuda().eval()
+    dense = AutoModelForCausalLM.from_config(
+        copy.deepcopy(config), attn_implementation="sdpa", dtype=torch.bfloat16
+    )
+    dense = dense.cuda().eval()
     sparse = attach_indexer(
         copy.deepcopy(dense), SparseAttentionConfig(block_size=block, density=density, min_sparse_len=1)
     )
@@ -38,7 +41,7 @@ def run(seq_lens: list[int], density: float = 0.1, block: int = 64) -> list[dict
                     "seq_len": S,
                     "density": density if name != "sdpa" else 1.0,
                     "peak_extra_mib": (torch.cuda.max_memory_allocated() - base) / 2**20,
-                    "s_by_s_fp32_mib": S * S * 4 / 2**20,
+                    "s_by_s_bf16_mib": S * S * 2 / 2**20,
                 }
             )
     return rows
