@@ -195,7 +195,7 @@ def launch_config(rep: int, group_heads: int, block_size: int, head_dim: int) ->
         "heads": heads,
         "block_n": min(block_size, 64),
         "num_warps": 8 if wide or rows > 128 else 4,
-        "num_stages": 1 if wide and block_size >= 128 else (2 if wide else 3),
+        "num_stages": 1 if wide and block_size >= 128 else 2,
     }
 
 
