@@ -4,6 +4,8 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
 
 - sparse: a prefill (query length == key length, no past) of at least ``min_sparse_len`` tokens on a
   layer that has an indexer: selector block scores -> ``select_blocks`` -> block-sparse kernel.
+- dense + observed: inside ``distill.distillation_forward`` (the indexer's ``observer`` records
+  teacher / student terms from the layer's q/k; the output is the dense one).
 - dense, identical to ``sdpa``: decode steps, chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
   non-causal modules (vision towers). Each such reason is logged once at debug level.
@@ -111,6 +113,11 @@ def sparse_prefill_attention(
             "attn_implementation='sparse_prefill'"
         )
     indexer = module.indexer
+    if indexer is not None and indexer.observer is not None:
+        indexer.observer(module, query, key, attention_mask)
+        return dense_attention(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     q_len, kv_len = query.shape[2], key.shape[2]
     reason = None
     if indexer is None:

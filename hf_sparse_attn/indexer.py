@@ -45,6 +45,9 @@ class Indexer(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_proj = nn.Linear(num_heads * head_dim, G * d, bias=False)
         self.k_proj = nn.Linear(num_kv_heads * head_dim, G * d, bias=False)
+        self.observer = (
+            None  # set by distill.distillation_forward: called with the layer's q/k instead of running sparse
+        )
         self.reset_parameters()
 
     @torch.no_grad()

@@ -1,0 +1,260 @@
+"""KL distillation of the indexers from the frozen model's own dense attention, with the HF Trainer.
+
+During a distillation forward every layer runs stock dense attention (so hidden states are exactly
+the base model's); each layer with an indexer also computes, from its detached q/k:
+
+- teacher: the block-pooled mass of the dense softmax, averaged over the query heads of each
+  selection group (``pooled_attention_mass``; the Triton kernel on CUDA, no autograd);
+- student: the indexer's block distribution (same pooling of its low-dim softmax; differentiable,
+  recomputed chunk by chunk in backward so memory stays O(S x chunk) per layer);
+- loss: KL(teacher || student) summed over key blocks, averaged over valid query blocks, groups,
+  batch and layers; recall: teacher mass inside the blocks the configured budget would select.
+
+No backbone tensor requires grad, so autograd records only the indexers' small graphs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from .config import SparseAttentionConfig
+from .modeling import attach_indexer, indexers, load_indexer, save_indexer
+from .ops import pooled_attention_mass
+from .padding import PaddingLayout
+from .selection import BlockList, select_blocks
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def kl_divergence(
+    teacher: torch.Tensor, student: torch.Tensor, seq_lens: torch.Tensor, block_size: int
+) -> torch.Tensor:
+    """Mean over valid (batch, group, query block) rows of KL(teacher || student) over key blocks."""
+    log_student = torch.log(student.clamp(min=1e-12))
+    per_row = (torch.xlogy(teacher, teacher) - teacher * log_student).sum(-1)
+    valid = _valid_rows(seq_lens, block_size, teacher.shape[2])[:, None, :].expand_as(per_row)
+    return per_row[valid].mean()
+
+
+def block_recall(teacher: torch.Tensor, blocks: BlockList) -> torch.Tensor:
+    """Mean teacher mass covered by the selected blocks, over valid query-block rows."""
+    covered = (teacher * blocks.to_dense()).sum(-1)
+    valid = _valid_rows(blocks.seq_lens, blocks.block_size, teacher.shape[2])[:, None, :].expand_as(covered)
+    return covered[valid].mean()
+
+
+def _valid_rows(seq_lens: torch.Tensor, block_size: int, nq: int) -> torch.Tensor:
+    n_valid = (seq_lens.long() + block_size - 1) // block_size
+    return torch.arange(nq, device=seq_lens.device)[None, :] < n_valid[:, None]
+
+
+@dataclass
+class LayerTerms:
+    layer_idx: int
+    kl: torch.Tensor
+    recall: torch.Tensor
+
+
+@dataclass
+class _Collector:
+    terms: list[LayerTerms] = field(default_factory=list)
+
+    def observe(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask) -> None:
+        if query.shape[2] != key.shape[2]:
+            raise ValueError(
+                "distillation runs full prefills only (no cache): call the model with use_cache=False"
+            )
+        if attention_mask is not None and attention_mask.shape[-2] != 1:
+            raise ValueError("distillation supports causal batches with left or right padding only")
+        indexer = module.indexer
+        cfg = indexer.config
+        key_valid = None if attention_mask is None else attention_mask[:, 0, 0, :]
+        layout = PaddingLayout.from_key_mask(key_valid, query.shape[0], query.shape[2], query.device)
+        q, k = layout.to_right(query.detach()), layout.to_right(key.detach())
+        with torch.no_grad():
+            teacher = pooled_attention_mass(
+                q, k, cfg.block_size, module.scaling, cfg.indexer_heads, layout.seq_lens
+            )
+        student = indexer.block_scores(q, k, layout.seq_lens)
+        kl = kl_divergence(teacher, student, layout.seq_lens, cfg.block_size)
+        with torch.no_grad():
+            recall = block_recall(teacher, select_blocks(student.detach(), cfg, layout.seq_lens))
+        self.terms.append(LayerTerms(indexer.layer_idx, kl, recall))
+
+
+@contextlib.contextmanager
+def distillation_forward(model: nn.Module) -> Iterator[list[LayerTerms]]:
+    """Within this context, forwards of ``model`` run dense and record per-layer KL / recall terms."""
+    found = indexers(model)
+    if not found:
+        raise ValueError("model has no indexers: call attach_indexer(model, config) before distilling")
+    collector = _Collector()
+    for indexer in found.values():
+        indexer.observer = collector.observe
+    try:
+        yield collector.terms
+    finally:
+        for indexer in found.values():
+            indexer.observer = None
+
+
+def distillation_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    wrapped: nn.Module | None = None,
+):
+    """(loss, per-layer terms) of one batch: mean KL over the indexed layers.
+
+    ``wrapped``: the module to call (e.g. the DDP wrapper, so gradients synchronize); its indexers
+    are found on ``model``.
+    """
+    with distillation_forward(model) as terms:
+        (wrapped or model)(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1
+        )
+    if not terms:
+        raise RuntimeError("no indexed layer ran: is attn_implementation 'sparse_prefill'?")
+    return torch.stack([t.kl for t in terms]).mean(), terms
+
+
+class IndexerDistillationTrainer(Trainer):
+    """``transformers.Trainer`` that trains only the indexers by KL distillation.
+
+    Pass a model with indexers attached, or ``sparse_config=`` to attach them here. Indexer weights
+    are kept in float32 (master weights; activations follow ``TrainingArguments.bf16``). Checkpoints
+    and ``save_model`` write ``indexer.safetensors`` + ``sparse_config.json`` only (plus the Trainer's
+    optimizer / scheduler / RNG state in checkpoints), so they are megabytes and load with
+    ``load_indexer``. Logged per step: ``loss`` (mean KL), ``recall``, and ``kl/layer_<i>``,
+    ``recall/layer_<i>`` per indexed layer.
+    """
+
+    def __init__(self, model: nn.Module, *args, sparse_config: SparseAttentionConfig | None = None, **kwargs):
+        if sparse_config is not None:
+            attach_indexer(model, sparse_config, replace=True)
+        found = indexers(model)
+        if not found:
+            raise ValueError("model has no indexers: pass sparse_config=... or call attach_indexer first")
+        for indexer in found.values():
+            indexer.float()
+        kwargs.setdefault("data_collator", PackedCollator())
+        super().__init__(model, *args, **kwargs)
+        self._layer_stats: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, terms = distillation_loss(
+            self.accelerator.unwrap_model(model),
+            inputs["input_ids"],
+            inputs.get("attention_mask"),
+            wrapped=model,
+        )
+        if model.training:
+            for t in terms:
+                self._layer_stats[f"kl/layer_{t.layer_idx}"].append(float(t.kl.detach()))
+                self._layer_stats[f"recall/layer_{t.layer_idx}"].append(float(t.recall))
+            self._layer_stats["recall"].append(float(torch.stack([t.recall for t in terms]).mean()))
+        return (loss, {"terms": terms}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._layer_stats:
+            logs.update({name: sum(v) / len(v) for name, v in self._layer_stats.items()})
+            self._layer_stats.clear()
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        save_indexer(self.accelerator.unwrap_model(self.model), output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        load_indexer(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        load_indexer(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+
+class PackedCollator:
+    """Stacks equal-length ``input_ids`` (and ``attention_mask`` if present) into a batch."""
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {
+            "input_ids": torch.stack([torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features])
+        }
+        if all("attention_mask" in f for f in features):
+            batch["attention_mask"] = torch.stack([torch.as_tensor(f["attention_mask"]) for f in features])
+        return batch
+
+
+def pack_tokens(
+    token_lists: Iterable[list[int]], seq_len: int, separator: int | None = None
+) -> Iterator[list[int]]:
+    """Concatenate documents (``separator`` between them) and cut into ``seq_len`` pieces (tail dropped)."""
+    buffer: list[int] = []
+    for tokens in token_lists:
+        buffer.extend(tokens)
+        if separator is not None:
+            buffer.append(separator)
+        while len(buffer) >= seq_len:
+            yield buffer[:seq_len]
+            buffer = buffer[seq_len:]
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Fixed-length training sequences packed from a text corpus.
+
+    ``texts``: any iterable of strings, e.g. ``load_dataset("pg19", split="train")["text"]`` or the
+    lines of local files; documents are joined with the tokenizer's EOS token.
+    """
+
+    def __init__(self, texts: Iterable[str], tokenizer, seq_len: int, max_sequences: int | None = None):
+        eos = tokenizer.eos_token_id
+        docs = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
+        self.sequences = []
+        for seq in pack_tokens(docs, seq_len, eos):
+            self.sequences.append(seq)
+            if max_sequences is not None and len(self.sequences) >= max_sequences:
+                break
+        if not self.sequences:
+            raise ValueError(f"the corpus holds fewer than {seq_len} tokens: nothing to train on")
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self.sequences[i]}
+
+
+class SyntheticRetrievalDataset(torch.utils.data.Dataset):
+    """Random-token sequences with planted long-range repeats (for smoke runs and tests).
+
+    Each sequence copies a few random spans from its first half into its second half, so a model
+    with induction-like heads attends far back; no corpus or tokenizer needed.
+    """
+
+    def __init__(
+        self, vocab_size: int, seq_len: int, size: int, spans: int = 4, span_len: int = 16, seed: int = 0
+    ):
+        g = torch.Generator().manual_seed(seed)
+        self.data = torch.randint(3, vocab_size, (size, seq_len), generator=g)
+        half = seq_len // 2
+        for row in self.data:
+            for _ in range(spans):
+                src = int(torch.randint(0, max(1, half - span_len), (1,), generator=g))
+                dst = int(torch.randint(half, max(half + 1, seq_len - span_len), (1,), generator=g))
+                row[dst : dst + span_len] = row[src : src + span_len].clone()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.data[i]}
