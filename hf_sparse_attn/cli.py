@@ -127,6 +127,22 @@ def _bench(args: argparse.Namespace) -> int:
             "s_by_s_bf16_mib",
         ]
         paths = report.save("selection", args.out, rows, cols, "Indexer scoring + selection cost (one layer)")
+    elif args.what == "distill":
+        from .bench.distill import run as run_distill
+
+        rows = run_distill("qwen3-8b", _ints(args.seq_lens))
+        cols = [
+            "model",
+            "seq_len",
+            "layers_distilled",
+            "step_s",
+            "dense_forward_s",
+            "steps_300_min",
+            "peak_mem_gib",
+        ]
+        paths = report.save(
+            "distill", args.out, rows, cols, "One distillation step (Qwen3-8B shape, random weights)"
+        )
     else:
         from .bench.memory import run as run_memory
 
@@ -144,6 +160,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from .recipe import main as recipe_main
+
+    recipe_main(args.family, args.recipe_args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,8 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     _budget_args(demo)
     demo.set_defaults(func=_demo)
-    bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory")
-    bench.add_argument("what", choices=["kernels", "selection", "memory"])
+    distill = sub.add_parser(
+        "distill",
+        help="distill indexers with the HF Trainer (same as recipes/distill_<family>.py)",
+        description="Arguments after the family go to the recipe: hf-sparse-attn distill qwen3 --help",
+    )
+    distill.add_argument("family", choices=["qwen3", "qwen3_5"])
+    distill.add_argument("recipe_args", nargs=argparse.REMAINDER)
+    distill.set_defaults(func=_distill)
+    bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory | distill")
+    bench.add_argument("what", choices=["kernels", "selection", "memory", "distill"])
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")
     bench.add_argument("--seq-lens", default="16k,32k,64k,128k", help="comma list; 'k' = x1024")
     bench.add_argument("--densities", default="1.0,0.2,0.1,0.05")

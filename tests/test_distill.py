@@ -33,8 +33,14 @@ def planted_model(seed: int = 0):
     """
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e9},
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e9},
     )
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
     for layer in model.model.layers:
@@ -63,7 +69,9 @@ def _backbone_hash(model) -> str:
 
 def test_kl_is_zero_when_indexer_equals_teacher():
     cfg = qwen3_config(num_heads=1, num_kv_heads=1, head_dim=16, layers=1)
-    model = attach_indexer(build(cfg), SparseAttentionConfig(block_size=16, indexer_dim=16, min_sparse_len=16))
+    model = attach_indexer(
+        build(cfg), SparseAttentionConfig(block_size=16, indexer_dim=16, min_sparse_len=16)
+    )
     indexer = hsa.indexers(model)[0]
     with torch.no_grad():
         indexer.q_proj.weight.copy_(torch.eye(16))
@@ -104,8 +112,15 @@ def test_backbone_gets_no_gradient_graph():
 
 def _args(tmp_path, **kw):
     base = dict(
-        output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=2, learning_rate=2e-2,
-        logging_steps=2, save_steps=3, report_to="none", use_cpu=True, seed=0,
+        output_dir=str(tmp_path / "out"),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        learning_rate=2e-2,
+        logging_steps=2,
+        save_steps=3,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
         dataloader_num_workers=0,
     )
     base.update(kw)
@@ -116,7 +131,9 @@ def test_trainer_trains_saves_only_indexers_and_resumes(tmp_path):
     model = planted_model()
     before = _backbone_hash(model)
     data = SyntheticRetrievalDataset(1024, 128, 12, spans=3)
-    trainer = IndexerDistillationTrainer(model=model, args=_args(tmp_path), train_dataset=data, sparse_config=PLANTED)
+    trainer = IndexerDistillationTrainer(
+        model=model, args=_args(tmp_path), train_dataset=data, sparse_config=PLANTED
+    )
     result = trainer.train()
     assert _backbone_hash(model) == before
     logged = [e for e in trainer.state.log_history if "loss" in e]
@@ -134,7 +151,9 @@ def test_trainer_trains_saves_only_indexers_and_resumes(tmp_path):
 
     resumed_model = planted_model()
     resumed = IndexerDistillationTrainer(
-        model=resumed_model, args=_args(tmp_path, output_dir=str(tmp_path / "resumed")), train_dataset=data,
+        model=resumed_model,
+        args=_args(tmp_path, output_dir=str(tmp_path / "resumed")),
+        train_dataset=data,
         sparse_config=PLANTED,
     )
     resumed.train(resume_from_checkpoint=str(ckpt))
@@ -155,9 +174,17 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path):
     for bs, acc in ((4, 1), (2, 2)):
         model = planted_model()
         trainer = IndexerDistillationTrainer(
-            model=model, train_dataset=data, sparse_config=PLANTED,
-            args=_args(tmp_path, max_steps=1, per_device_train_batch_size=bs, gradient_accumulation_steps=acc,
-                       save_steps=100, learning_rate=1e-2),
+            model=model,
+            train_dataset=data,
+            sparse_config=PLANTED,
+            args=_args(
+                tmp_path,
+                max_steps=1,
+                per_device_train_batch_size=bs,
+                gradient_accumulation_steps=acc,
+                save_steps=100,
+                learning_rate=1e-2,
+            ),
         )
         trainer.train()
         weights.append(hsa.indexers(model)[0].q_proj.weight.detach().clone())
@@ -167,7 +194,9 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path):
 def test_peft_lora_backbone_keeps_its_adapter(tmp_path):
     peft = pytest.importorskip("peft")
     base = planted_model()
-    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    lora = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    )
     for name, p in lora.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
@@ -175,7 +204,9 @@ def test_peft_lora_backbone_keeps_its_adapter(tmp_path):
     attach_indexer(lora, PLANTED)
     assert sorted(hsa.indexers(lora)) == [0, 1]
     data = SyntheticRetrievalDataset(1024, 128, 4, spans=3)
-    trainer = IndexerDistillationTrainer(model=lora, args=_args(tmp_path, max_steps=2, save_steps=100), train_dataset=data)
+    trainer = IndexerDistillationTrainer(
+        model=lora, args=_args(tmp_path, max_steps=2, save_steps=100), train_dataset=data
+    )
     trainer.train()
     for n, p in lora.named_parameters():
         if "lora_" in n:

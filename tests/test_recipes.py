@@ -1,0 +1,45 @@
+"""The distillation recipes' CPU smoke mode (what CI runs): loss falls, saved indexer reloads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_5"])
+def test_smoke_recipe(tmp_path, family):
+    out = tmp_path / family
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / f"distill_{family}.py"), "--smoke", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "distill_summary.json").read_text())
+    assert summary["steps"] == 24 and summary["last_loss"] < summary["first_loss"]
+    assert summary["reload"].endswith("identical")
+    assert (out / "indexer.safetensors").stat().st_size < 100_000
+
+
+def test_cli_distill_forwards_to_recipe(tmp_path):
+    from hf_sparse_attn.cli import main
+
+    assert main(["distill", "qwen3", "--smoke", "--output-dir", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "indexer.safetensors").exists()
+
+
+def test_recipe_requires_training_data():
+    from hf_sparse_attn.recipe import build_parser
+
+    args = build_parser("qwen3").parse_args(["--model", "x"])
+    from hf_sparse_attn.recipe import _dataset
+
+    with pytest.raises(ValueError, match="choose training data"):
+        _dataset(args, None, None)
