@@ -8,8 +8,6 @@ with autograd (indexer training) each chunk is recomputed in backward instead of
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -40,11 +38,10 @@ def pooled_attention_mass(
     lens = _lens(seq_lens, B, S, q.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, B * H * block_size * S))
     differentiable = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
-    fn = _compiled_chunk_mass() if differentiable and q.is_cuda else _chunk_mass
     rows = []
     for qb0 in range(0, nb, chunk):
         args = (q, k, lens, qb0, min(nb, qb0 + chunk), block_size, scale, groups)
-        part = checkpoint(fn, *args, use_reentrant=False) if differentiable else fn(*args)
+        part = checkpoint(_chunk_mass, *args, use_reentrant=False) if differentiable else _chunk_mass(*args)
         rows.append(torch.nn.functional.pad(part, (0, nb - part.shape[-1])))
     return torch.cat(rows, dim=2)
 
@@ -72,12 +69,6 @@ def _chunk_mass(q, k, lens, qb0: int, qb1: int, block_size: int, scale: float, g
     mass = torch.nn.functional.pad(mass, (0, 0, 0, pad_q)).view(B, groups, nq, block_size, kb1).sum(3)
     count = torch.nn.functional.pad(qvalid, (0, pad_q)).view(B, nq, block_size).sum(-1)
     return mass / count.clamp(min=1)[:, None, :, None]
-
-
-@functools.cache
-def _compiled_chunk_mass():
-    """The chunk body fused by ``torch.compile`` (training on CUDA: S x chunk elementwise work dominates)."""
-    return torch.compile(_chunk_mass, dynamic=True)
 
 
 def _lens(seq_lens: torch.Tensor | None, B: int, S: int, device: torch.device) -> torch.Tensor:
