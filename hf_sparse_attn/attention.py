@@ -110,7 +110,9 @@ def sparse_prefill_attention(
         raise RuntimeError(
             f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')}) has no indexer: call "
             "hf_sparse_attn.attach_indexer(model, config) or load_indexer(model, path) before running "
-            "attn_implementation='sparse_prefill'"
+            "attn_implementation='sparse_prefill', or load a sparse-prefill repo (trust_remote_code=True). Without "
+            "a trained indexer, SparseAttentionConfig(selector='oracle') runs (dense-attention oracle: a diagnostic, "
+            "not a speedup)"
         )
     indexer = module.indexer
     if indexer is not None and indexer.observer is not None:

@@ -167,6 +167,38 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .hub.publish import push, render_repo
+
+    out = render_repo(
+        args.out,
+        args.indexer,
+        args.base_model,
+        args.base_revision,
+        model_dir=args.full,
+        repo_name=args.repo_id,
+        kernel_repo=args.kernel_repo,
+        license=args.license,
+        results_dir=args.results,
+    )
+    for path in sorted(Path(out).iterdir()):
+        print(f"{path.stat().st_size:>14,d}  {path.name}")
+    if args.dry_run or not args.repo_id:
+        print(f"rendered {out} (not pushed: pass --repo-id ORG/NAME without --dry-run to upload)")
+        return 0
+    print(push(out, args.repo_id, private=args.private, revision=args.revision))
+    return 0
+
+
+def _build_kernels(args: argparse.Namespace) -> int:
+    from .hub.kernel_repo import build_kernel_repo
+
+    print("built", build_kernel_repo(args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("family", choices=["qwen3", "qwen3_5"])
     distill.add_argument("recipe_args", nargs=argparse.REMAINDER)
     distill.set_defaults(func=_distill)
+    publish = sub.add_parser(
+        "publish", help="render (and push) a trust_remote_code Hub repo for a trained indexer"
+    )
+    publish.add_argument(
+        "--indexer", required=True, help="directory written by save_indexer / the distill recipe"
+    )
+    publish.add_argument("--base-model", required=True, help="Hub id of the frozen base checkpoint")
+    publish.add_argument("--base-revision", default=None, help="pin the base revision (default main)")
+    publish.add_argument(
+        "--full", default=None, metavar="MODEL_DIR", help="ship these backbone weights (full repo)"
+    )
+    publish.add_argument("--out", required=True, help="folder to render the repo into")
+    publish.add_argument("--repo-id", default=None, help="ORG/NAME to push to")
+    publish.add_argument("--revision", default=None, help="branch to push to")
+    publish.add_argument("--private", action="store_true")
+    publish.add_argument("--dry-run", action="store_true", help="render only")
+    publish.add_argument("--kernel-repo", default="hf-sparse-attn/sparse-prefill-kernels")
+    publish.add_argument("--license", default="apache-2.0")
+    publish.add_argument(
+        "--results", default="results/kernels", help="benchmark JSON folder for the model card"
+    )
+    publish.set_defaults(func=_publish)
+    build = sub.add_parser("build-kernels", help="build the Hub kernel repo from hf_sparse_attn/ops")
+    build.add_argument("--out", default="hub_kernels")
+    build.set_defaults(func=_build_kernels)
     bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory | distill")
     bench.add_argument("what", choices=["kernels", "selection", "memory", "distill"])
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")

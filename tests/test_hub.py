@@ -1,0 +1,256 @@
+"""Publishing: kernel repo, generated modeling file, offline loads from a real HF cache layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build, qwen3_config
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import hf_sparse_attn as hsa
+from hf_sparse_attn import SparseAttentionConfig, attach_indexer, load_indexer, save_indexer
+from hf_sparse_attn.hub.bundle import MODELING_FILE, render_modeling_file
+from hf_sparse_attn.hub.kernel_repo import build_kernel_repo
+from hf_sparse_attn.hub.publish import render_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+SPARSE = SparseAttentionConfig(block_size=16, top_k=3, min_sparse_len=16)
+
+
+def OFFLINE(cache: Path) -> dict:
+    return {"cache_dir": cache, "local_files_only": True}
+
+
+def cache_repo(cache: Path, repo_id: str, folder: Path, commit: str, branch: str | None = "main") -> None:
+    """Place ``folder`` in the documented HF cache layout (blobs, snapshots/<commit>, refs/<branch>)."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    (root / "blobs").mkdir(exist_ok=True)
+    for path in folder.iterdir():
+        blob = root / "blobs" / f"{commit[:8]}-{path.name}"
+        shutil.copy(path, blob)
+        os.symlink(os.path.relpath(blob, snap), snap / path.name)
+    if branch:
+        (root / "refs").mkdir(exist_ok=True)
+        (root / "refs" / branch).write_text(commit)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {f"w{i}": i for i in range(128)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="w1", pad_token="w0", unk_token="w0")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A cache holding a tiny base repo, an indexer-only repo on top of it, and a full repo."""
+    tmp = tmp_path_factory.mktemp("hub")
+    cache = tmp / "cache"
+    base = build(qwen3_config())
+    base.save_pretrained(tmp / "base")
+    tiny_tokenizer().save_pretrained(tmp / "base")
+    cache_repo(cache, "test-org/tiny-base", tmp / "base", "b" * 40)
+    model = attach_indexer(build(qwen3_config()), SPARSE)
+    torch.manual_seed(1)
+    for indexer in hsa.indexers(model).values():
+        indexer.q_proj.weight.data.normal_()
+    save_indexer(model, tmp / "indexer")
+    render_repo(
+        tmp / "sparse",
+        tmp / "indexer",
+        "test-org/tiny-base",
+        "b" * 40,
+        results_dir=ROOT / "results" / "kernels",
+        **OFFLINE(cache),
+    )
+    cache_repo(cache, "test-org/tiny-sparse", tmp / "sparse", "c" * 40)
+    render_repo(tmp / "full", tmp / "indexer", "test-org/tiny-base", model_dir=tmp / "base")
+    cache_repo(cache, "test-org/tiny-full", tmp / "full", "d" * 40)
+    cache_repo(cache, "test-org/tiny-full", tmp / "full", "e" * 40, branch=None)
+    return {"tmp": tmp, "cache": cache, "model": model}
+
+
+def run_offline(hub, code: str, block_package: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(hub["cache"]),
+        "HF_MODULES_CACHE": str(hub["tmp"] / "modules"),
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    prelude = "import sys\nsys.modules['hf_sparse_attn'] = None\n" if block_package else ""
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=hub["tmp"],
+    )
+
+
+def _reference_logits(hub, ids):
+    with torch.no_grad():
+        return hub["model"](ids).logits
+
+
+LOAD = """
+import json, torch
+from transformers import AutoModelForCausalLM
+try:
+    import hf_sparse_attn
+    raise SystemExit("hf_sparse_attn should not be importable here")
+except ImportError:
+    pass
+model = AutoModelForCausalLM.from_pretrained({repo!r}, trust_remote_code=True, attn_implementation="sparse_prefill"{extra})
+ids = torch.arange(100).remainder(128)[None]
+with torch.no_grad():
+    logits = model(ids).logits
+sel = [m.self_attn.indexer.last_selection.kv_num_blocks.sum().item() for m in model.model.layers]
+print(json.dumps({{"cls": type(model).__name__, "logits": logits[0, -3:].tolist(), "selected": sel}}))
+"""
+
+
+@pytest.mark.parametrize(
+    "repo,extra",
+    [("test-org/tiny-sparse", ""), ("test-org/tiny-full", ""), ("test-org/tiny-full", ", revision='e' * 40")],
+)
+def test_offline_load_without_hf_sparse_attn(hub, repo, extra):
+    proc = run_offline(hub, LOAD.format(repo=repo, extra=extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cls"] == "SparseQwen3ForCausalLM" and all(n > 0 for n in out["selected"])
+    ref = _reference_logits(hub, torch.arange(100).remainder(128)[None])[0, -3:]
+    torch.testing.assert_close(torch.tensor(out["logits"]), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pipeline_on_loaded_repo(hub):
+    proc = run_offline(
+        hub,
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+        model = AutoModelForCausalLM.from_pretrained("test-org/tiny-sparse", trust_remote_code=True,
+                                                     attn_implementation="sparse_prefill")
+        tok = AutoTokenizer.from_pretrained("test-org/tiny-sparse")
+        pipe = pipeline("text-generation", model=model, tokenizer=tok)
+        out = pipe(" ".join(f"w{i % 100 + 2}" for i in range(60)), max_new_tokens=5, do_sample=False)
+        print(len(out[0]["generated_text"].split()))
+    """,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.strip().splitlines()[-1]) >= 60
+
+
+def test_missing_base_model_is_a_clear_error(hub):
+    tmp = hub["tmp"]
+    render_repo(tmp / "orphan", tmp / "indexer", "test-org/tiny-base", "b" * 40, **OFFLINE(hub["cache"]))
+    config = json.loads((tmp / "orphan" / "config.json").read_text())
+    config["base_model"] = {"id": "test-org/not-downloaded", "revision": "main"}
+    (tmp / "orphan" / "config.json").write_text(json.dumps(config))
+    cache_repo(hub["cache"], "test-org/orphan", tmp / "orphan", "f" * 40)
+    proc = run_offline(hub, LOAD.format(repo="test-org/orphan", extra=""))
+    assert proc.returncode != 0 and "base model test-org/not-downloaded" in proc.stderr
+
+
+def test_indexer_that_does_not_fit_the_base_is_rejected(hub, tmp_path):
+    other = attach_indexer(build(qwen3_config(num_heads=4, num_kv_heads=2, layers=3)), SPARSE)
+    save_indexer(other, tmp_path / "idx")
+    render_repo(tmp_path / "bad", tmp_path / "idx", "test-org/tiny-base", "b" * 40, **OFFLINE(hub["cache"]))
+    cache_repo(hub["cache"], "test-org/bad-fit", tmp_path / "bad", "1" * 40)
+    proc = run_offline(hub, LOAD.format(repo="test-org/bad-fit", extra=""))
+    assert proc.returncode != 0 and "does not fit this model" in proc.stderr
+
+
+def test_newer_config_version_is_rejected(hub, tmp_path):
+    shutil.copytree(hub["tmp"] / "sparse", tmp_path / "newer")
+    config = json.loads((tmp_path / "newer" / "config.json").read_text())
+    config["sparse_attention"]["format_version"] = 99
+    (tmp_path / "newer" / "config.json").write_text(json.dumps(config))
+    cache_repo(hub["cache"], "test-org/newer", tmp_path / "newer", "2" * 40)
+    proc = run_offline(hub, LOAD.format(repo="test-org/newer", extra=""))
+    assert proc.returncode != 0 and "newer than this hf-sparse-attn understands" in proc.stderr
+
+
+def test_sparse_prefill_on_a_repo_without_indexer_names_the_untrained_selector(hub):
+    proc = run_offline(
+        hub,
+        """
+        import hf_sparse_attn, torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained("test-org/tiny-base", attn_implementation="sparse_prefill")
+        model(torch.zeros(1, 8, dtype=torch.long))
+    """,
+        block_package=False,
+    )
+    assert proc.returncode != 0 and "has no indexer" in proc.stderr and "selector='oracle'" in proc.stderr
+
+
+def test_rendered_repo_files_and_card(hub):
+    sparse = hub["tmp"] / "sparse"
+    names = {p.name for p in sparse.iterdir()}
+    assert {"config.json", "indexer.safetensors", "sparse_config.json", MODELING_FILE, "README.md"} <= names
+    assert not any(n.startswith("model") and n.endswith(".safetensors") for n in names)
+    config = json.loads((sparse / "config.json").read_text())
+    assert config["base_model"] == {"id": "test-org/tiny-base", "revision": "b" * 40}
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_sparse_prefill.SparseQwen3ForCausalLM"
+    card = (sparse / "README.md").read_text()
+    assert card.startswith("---\nbase_model: test-org/tiny-base\nlibrary_name: transformers\n")
+    assert "| qwen3-8b | 128K |" in card and "$" not in card.split("---")[2][:50]
+
+
+def test_checked_in_modeling_file_is_current():
+    assert (ROOT / "modeling" / MODELING_FILE).read_text() == render_modeling_file(), (
+        'modeling/modeling_sparse_prefill.py is stale: run `python -c "from hf_sparse_attn.hub.bundle import '
+        "write_modeling_file; write_modeling_file('modeling')\"`"
+    )
+
+
+def test_kernel_repo_loads_with_get_local_kernel_and_local_kernels(tmp_path, monkeypatch):
+    kernels = pytest.importorskip("kernels")
+    repo = build_kernel_repo(tmp_path / "kr")
+    meta = json.loads((repo / "build" / "torch-universal" / "metadata.json").read_text())
+    assert meta["name"] == "sparse-prefill-kernels" and meta["version"] == 1
+    mod = kernels.get_local_kernel(repo, backend="cpu")
+    from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
+
+    q, k, v = torch.randn(1, 4, 40, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    num = torch.tensor([[[1, 2, 3]]], dtype=torch.int32)
+    idx = torch.tensor([[[[0, 0, 0], [0, 1, 0], [0, 1, 2]]]], dtype=torch.int32)
+    ref = block_sparse_attention(q, k, v, num, idx, 16, 0.25)[0]
+    torch.testing.assert_close(mod.block_sparse_attention(q, k, v, num, idx, 16, 0.25)[0], ref)
+    monkeypatch.setenv("LOCAL_KERNELS", f"hf-sparse-attn/sparse-prefill-kernels={repo}")
+    via_env = kernels.get_kernel("hf-sparse-attn/sparse-prefill-kernels", version=1, backend="cpu")
+    torch.testing.assert_close(via_env.block_sparse_attention(q, k, v, num, idx, 16, 0.25)[0], ref)
+
+
+def test_checked_in_kernel_build_is_current(tmp_path):
+    fresh = build_kernel_repo(tmp_path / "kr") / "build" / "torch-universal"
+    shipped = ROOT / "hub_kernels" / "build" / "torch-universal"
+    files = sorted(
+        p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    assert files == sorted(
+        p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    for rel in files:
+        assert (fresh / rel).read_text() == (shipped / rel).read_text(), (
+            f"hub_kernels/{rel} is stale: hf-sparse-attn build-kernels"
+        )
+
+
+def test_load_indexer_round_trip_from_rendered_repo(hub):
+    model = load_indexer(build(qwen3_config()), hub["tmp"] / "sparse")
+    ids = torch.arange(100).remainder(128)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, _reference_logits(hub, ids))
