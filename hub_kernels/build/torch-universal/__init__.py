@@ -1,0 +1,73 @@
+# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 1bd99210a871); do not edit.
+"""Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
+
+Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with
+``triton`` the kernels also run off CUDA (under ``TRITON_INTERPRET=1``: how the CPU tests check them).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .block_sparse_attn import naive as _bsa_naive
+from .pooled_mass import naive as _mass_naive
+
+BACKENDS = ("auto", "triton", "reference")
+
+
+def backend_for(t: torch.Tensor) -> str:
+    choice = os.environ.get("HF_SPARSE_ATTN_BACKEND", "auto")
+    if choice not in BACKENDS:
+        raise ValueError(f"HF_SPARSE_ATTN_BACKEND must be one of {BACKENDS}, got {choice!r}")
+    if choice == "auto":
+        return "triton" if t.is_cuda else "reference"
+    return choice
+
+
+def _full_lens(t: torch.Tensor, seq_lens: torch.Tensor | None) -> torch.Tensor:
+    if seq_lens is None:
+        return torch.full((t.shape[0],), t.shape[2], dtype=torch.int32, device=t.device)
+    return seq_lens.to(device=t.device, dtype=torch.int32)
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    block_size: int,
+    scale: float,
+    seq_lens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse causal GQA attention; contract in ``block_sparse_attn/naive.py``."""
+    if backend_for(q) == "reference":
+        return _bsa_naive.block_sparse_attention(
+            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
+        )
+    from .block_sparse_attn.triton import block_sparse_attn_fwd
+
+    return block_sparse_attn_fwd(
+        q, k, v, kv_num_blocks, kv_indices, _full_lens(q, seq_lens), block_size, scale
+    )
+
+
+def pooled_attention_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    scale: float,
+    groups: int,
+    seq_lens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Block-pooled causal attention mass; contract in ``pooled_mass/naive.py``."""
+    if backend_for(q) == "reference" or (q.requires_grad or k.requires_grad) and torch.is_grad_enabled():
+        return _mass_naive.pooled_attention_mass(q, k, block_size, scale, groups, seq_lens)
+    from .pooled_mass.triton import pooled_attention_mass_op
+
+    return pooled_attention_mass_op(q, k, _full_lens(q, seq_lens), block_size, scale, groups)
+
+
+__all__ = ["BACKENDS", "backend_for", "block_sparse_attention", "pooled_attention_mass"]

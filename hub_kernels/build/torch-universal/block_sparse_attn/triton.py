@@ -1,0 +1,309 @@
+# Generated from hf_sparse_attn/ops/block_sparse_attn/triton.py (hf-sparse-attn 0.1.0, ops 1bd99210a871); do not edit.
+"""Triton block-sparse causal GQA attention forward (spec: ``naive.py`` beside this file).
+
+One program = one query block x ``HEADS`` query heads of the same kv head (rows stacked), so each
+selected K/V tile is loaded once for all of them. It walks the block list of its selection group:
+every entry but the last needs no mask (ascending indices, all strictly before the diagonal); the
+last one gets the token-level causal mask. Query blocks are launched heaviest (latest) first.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import check_qk, num_blocks
+from .naive import check_block_list
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tile(
+    q,
+    k_base,
+    v_base,
+    kpos,
+    offs_d,
+    r_pos,
+    m_i,
+    l_i,
+    acc,
+    qk_scale,
+    stride_ks,
+    stride_vs,
+    S,
+    MASKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One online-softmax step over the keys at ``kpos``; MASKED adds the causal / bounds mask."""
+    if MASKED:
+        in_seq = kpos < S
+        k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        s = tl.where(kpos[None, :] <= r_pos[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None])
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :])
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _bsa_fwd_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    LSE,
+    NUM,
+    IDX,
+    LENS,
+    qk_scale,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_nb,
+    stride_ng,
+    stride_nq,
+    stride_ib,
+    stride_ig,
+    stride_iq,
+    S,
+    NQB,
+    HQ: tl.constexpr,
+    REP: tl.constexpr,
+    GROUP_HEADS: tl.constexpr,
+    HEADS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    WRITE_LSE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    qb = NQB - 1 - tl.program_id(1)
+    packs: tl.constexpr = HQ // HEADS
+    b = pid_h // packs
+    h0 = (pid_h % packs) * HEADS
+    kvh = h0 // REP
+    g = h0 // GROUP_HEADS
+    L = tl.load(LENS + b)
+
+    ROWS: tl.constexpr = HEADS * BLOCK
+    rows = tl.arange(0, ROWS)
+    r_head = h0 + rows // BLOCK
+    r_pos = qb * BLOCK + rows % BLOCK
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    q_ptrs = Q + b * stride_qb + r_head[:, None] * stride_qh + r_pos[:, None] * stride_qs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=(r_pos < S)[:, None], other=0.0)
+    k_base = K + b * stride_kb + kvh * stride_kh
+    v_base = V + b * stride_vb + kvh * stride_vh
+    idx_base = IDX + b * stride_ib + g * stride_ig + qb * stride_iq
+    n = tl.load(NUM + b * stride_nb + g * stride_ng + qb * stride_nq)
+
+    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([ROWS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, D], dtype=tl.float32)
+    for i in range(0, n - 1):
+        kb = tl.load(idx_base + i)
+        for j in tl.static_range(BLOCK // BLOCK_N):
+            kpos = kb * BLOCK + j * BLOCK_N + offs_n
+            m_i, l_i, acc = _tile(
+                q,
+                k_base,
+                v_base,
+                kpos,
+                offs_d,
+                r_pos,
+                m_i,
+                l_i,
+                acc,
+                qk_scale,
+                stride_ks,
+                stride_vs,
+                S,
+                False,
+                PRECISION,
+            )
+    if n > 0:
+        kb = tl.load(idx_base + n - 1)
+        for j in tl.static_range(BLOCK // BLOCK_N):
+            kpos = kb * BLOCK + j * BLOCK_N + offs_n
+            m_i, l_i, acc = _tile(
+                q,
+                k_base,
+                v_base,
+                kpos,
+                offs_d,
+                r_pos,
+                m_i,
+                l_i,
+                acc,
+                qk_scale,
+                stride_ks,
+                stride_vs,
+                S,
+                True,
+                PRECISION,
+            )
+
+    valid = (r_pos < L) & (l_i > 0)
+    out = tl.where(valid[:, None], acc / tl.where(valid, l_i, 1.0)[:, None], 0.0)
+    o_ptrs = Out + b * stride_ob + r_head[:, None] * stride_oh + r_pos[:, None] * stride_os + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(r_pos < S)[:, None])
+    if WRITE_LSE:
+        lse = tl.where(
+            valid, (m_i + tl.math.log2(tl.where(valid, l_i, 1.0))) / 1.4426950408889634, float("-inf")
+        )
+        tl.store(LSE + (b * HQ + r_head) * S + r_pos, lse, mask=r_pos < S)
+
+
+def launch_config(rep: int, group_heads: int, block_size: int, head_dim: int) -> dict:
+    """Tile shape from an H100 sweep (bf16, 32K tokens, 10% density, `bench/kernels.py` shapes).
+
+    Two query heads of one kv group are stacked per program where the group allows it (K/V tiles
+    loaded once for both), with 64-key inner tiles: block 64 -> 128 rows, 4 warps for D <= 128
+    (460 TFLOP/s) and 8 for D 256 (464); block 128 -> 256 rows, 8 warps (394). D 256 with 128-row
+    blocks needs a single pipeline stage to fit shared memory.
+    """
+    heads = 2 if block_size <= 128 else 1
+    while heads > 1 and (rep % heads or group_heads % heads or heads * block_size * head_dim > 128 * 256):
+        heads //= 2
+    rows = heads * block_size
+    wide = head_dim > 128
+    return {
+        "heads": heads,
+        "block_n": min(block_size, 64),
+        "num_warps": 8 if wide or rows > 128 else 4,
+        "num_stages": 1 if wide and block_size >= 128 else 2,
+    }
+
+
+def block_sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    block_size: int,
+    scale: float,
+    seq_lens: torch.Tensor | None = None,
+    write_lse: bool = True,
+    tuning: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as ``naive.block_sparse_attention``; q/k/v must share a dtype.
+
+    ``tuning`` overrides entries of ``launch_config`` (heads, block_n, num_warps, num_stages) for sweeps.
+    """
+    B, Hq, S, D = check_qk(q, k)
+    nq = num_blocks(S, block_size)
+    check_block_list(kv_num_blocks, kv_indices, B, Hq, nq)
+    if v.shape != k.shape or v.dtype != q.dtype or k.dtype != q.dtype:
+        raise ValueError(
+            f"q/k/v dtypes and k/v shapes must match: {q.dtype}/{k.dtype}/{v.dtype}, {tuple(k.shape)} vs {tuple(v.shape)}"
+        )
+    if D not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim {D} is not supported by the Triton kernel (16, 32, 64, 128 or 256)")
+    Hkv, G = k.shape[1], kv_num_blocks.shape[1]
+    rep, group_heads = Hq // Hkv, Hq // G
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    lens = (
+        torch.full((B,), S, dtype=torch.int32, device=q.device)
+        if seq_lens is None
+        else seq_lens.to(torch.int32)
+    )
+    num = kv_num_blocks.to(torch.int32)
+    idx = kv_indices.to(torch.int32)
+    out = torch.empty(B, Hq, S, D, dtype=q.dtype, device=q.device)
+    lse = (
+        torch.empty(B, Hq, S, dtype=torch.float32, device=q.device)
+        if write_lse
+        else out.new_empty(1, dtype=torch.float32)
+    )
+    launch = {**launch_config(rep, group_heads, block_size, D), **(tuning or {})}
+    heads, block_n = launch.pop("heads"), launch.pop("block_n")
+    grid = (B * (Hq // heads), nq)
+    _bsa_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        out,
+        lse,
+        num,
+        idx,
+        lens,
+        scale * LOG2E,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        num.stride(0),
+        num.stride(1),
+        num.stride(2),
+        idx.stride(0),
+        idx.stride(1),
+        idx.stride(2),
+        S,
+        nq,
+        HQ=Hq,
+        REP=rep,
+        GROUP_HEADS=group_heads,
+        HEADS=heads,
+        BLOCK=block_size,
+        BLOCK_N=block_n,
+        D=D,
+        WRITE_LSE=write_lse,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        **launch,
+    )
+    return out, lse
+
+
+@torch.library.custom_op("sparse_prefill_kernels::block_sparse_attn_fwd", mutates_args=())
+def block_sparse_attn_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.library`` op around the kernel, so ``torch.compile`` traces through it."""
+    return block_sparse_attention_triton(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
+
+
+@block_sparse_attn_fwd.register_fake
+def _(q, k, v, kv_num_blocks, kv_indices, seq_lens, block_size, scale):
+    B, Hq, S, D = q.shape
+    return q.new_empty(B, Hq, S, D), q.new_empty(B, Hq, S, dtype=torch.float32)
