@@ -138,12 +138,23 @@ def _copy_tokenizer(
             if (model_dir / name).exists():
                 shutil.copy(model_dir / name, out / name)
         return
-    try:
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
+    from transformers.utils import cached_file
 
-        AutoTokenizer.from_pretrained(base_model, revision=base_revision, **hub).save_pretrained(out)
-    except (OSError, ValueError):
-        pass
+    present = cached_file(
+        base_model,
+        "tokenizer_config.json",
+        revision=base_revision,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub,
+    )
+    if present is None:
+        print(
+            f"note: no tokenizer found for {base_model}; the rendered repo has none (users load the base's)"
+        )
+        return
+    AutoTokenizer.from_pretrained(base_model, revision=base_revision, **hub).save_pretrained(out)
 
 
 def push(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
