@@ -127,6 +127,27 @@ def _bench(args: argparse.Namespace) -> int:
             "s_by_s_bf16_mib",
         ]
         paths = report.save("selection", args.out, rows, cols, "Indexer scoring + selection cost (one layer)")
+    elif args.what == "ttft":
+        from .bench.ttft import run as run_ttft
+
+        budgets = [{"density": 0.1}, {"density": 0.05}, {"top_k": 4096 // args.block_size}]
+        rows = run_ttft("qwen3-8b", _ints(args.seq_lens), budgets, block=args.block_size)
+        cols = [
+            "model",
+            "seq_len",
+            "method",
+            "budget",
+            "density",
+            "seconds",
+            "speedup",
+            "ceiling_speedup",
+            "fraction_of_ceiling",
+            "peak_mem_gib",
+            "gate_rel_err_density_1",
+        ]
+        paths = report.save(
+            "ttft", args.out, rows, cols, "Prefill time (TTFT), Qwen3-8B shape, random weights"
+        )
     elif args.what == "distill":
         from .bench.distill import run as run_distill
 
@@ -242,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build-kernels", help="build the Hub kernel repo from hf_sparse_attn/ops")
     build.add_argument("--out", default="hub_kernels")
     build.set_defaults(func=_build_kernels)
-    bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory | distill")
-    bench.add_argument("what", choices=["kernels", "selection", "memory", "distill"])
+    bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft")
+    bench.add_argument("what", choices=["kernels", "selection", "memory", "distill", "ttft"])
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")
     bench.add_argument("--seq-lens", default="16k,32k,64k,128k", help="comma list; 'k' = x1024")
     bench.add_argument("--densities", default="1.0,0.2,0.1,0.05")

@@ -1,0 +1,126 @@
+"""`hf-sparse-attn bench ttft`: prefill time of a full-size model, dense vs sparse vs the no-op ceiling.
+
+Random bf16 weights with the published shapes (speed does not depend on the values; the indexers are
+untrained, so the density is set by the budget rule). Each timing is ``model(ids, logits_to_keep=1)``
+(full-vocabulary logits at 128K do not fit in memory). The ceiling replaces attention by a no-op:
+no sparse attention can beat it. Correctness gate: at density 1.0 the sparse path's last-token logits
+must match ``sdpa`` within bf16 tolerance before any sparse timing is reported.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import AttentionInterface, AutoModelForCausalLM
+
+from ..config import SparseAttentionConfig
+from ..modeling import attach_indexer, indexers
+from .shapes import CONFIGS
+
+NOOP = "noop_attention_ceiling"
+GATE_REL_ERR = 2e-2
+
+
+def _noop_attention(module, query, key, value, attention_mask, **kwargs):
+    return torch.zeros_like(query).transpose(1, 2), None
+
+
+def _time_prefill(model, ids, repeats: int) -> tuple[float, float]:
+    with torch.no_grad():
+        model(ids, logits_to_keep=1)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(ids, logits_to_keep=1)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return min(times), (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def _set_budget(model, **budget) -> None:
+    for indexer in indexers(model).values():
+        for name in ("top_k", "density", "top_p"):
+            setattr(indexer.config, name, budget.get(name))
+        indexer.config.validate()
+
+
+def run(
+    model_name: str, seq_lens: list[int], budgets: list[dict], repeats: int = 3, block: int = 64
+) -> list[dict]:
+    AttentionInterface.register(NOOP, _noop_attention)
+    config = CONFIGS[model_name]()
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        ).eval()
+    attach_indexer(model, SparseAttentionConfig(block_size=block, density=1.0, min_sparse_len=1024))
+    rows = []
+    for S in seq_lens:
+        ids = torch.randint(0, config.vocab_size, (1, S), device="cuda")
+        model.set_attn_implementation("sdpa")
+        dense_s, dense_mem = _time_prefill(model, ids, repeats)
+        with torch.no_grad():
+            ref = model(ids, logits_to_keep=1).logits.float()
+        model.set_attn_implementation(NOOP)
+        noop_s, _ = _time_prefill(model, ids, repeats)
+        model.set_attn_implementation("sparse_prefill")
+        _set_budget(model, density=1.0)
+        with torch.no_grad():
+            full = model(ids, logits_to_keep=1).logits.float()
+        err = float((full - ref).norm() / ref.norm())
+        base = {
+            "model": model_name,
+            "seq_len": S,
+            "dense_s": dense_s,
+            "noop_ceiling_s": noop_s,
+            "ceiling_speedup": dense_s / noop_s,
+            "gate_rel_err_density_1": err,
+        }
+        rows.append(
+            {
+                **base,
+                "method": "sdpa",
+                "budget": "dense",
+                "seconds": dense_s,
+                "speedup": 1.0,
+                "fraction_of_ceiling": noop_s / dense_s,
+                "peak_mem_gib": dense_mem,
+            }
+        )
+        print(rows[-1], flush=True)
+        if err >= GATE_REL_ERR:
+            rows.append(
+                {
+                    **base,
+                    "method": "sparse_prefill",
+                    "budget": "all",
+                    "note": f"FAILED correctness gate (rel err {err:.3g}): not timed",
+                }
+            )
+            print(rows[-1], flush=True)
+            continue
+        for budget in budgets:
+            _set_budget(model, **budget)
+            sparse_s, sparse_mem = _time_prefill(model, ids, repeats)
+            density = sum(float(ix.last_selection.density().mean()) for ix in indexers(model).values()) / len(
+                indexers(model)
+            )
+            rows.append(
+                {
+                    **base,
+                    "method": "sparse_prefill",
+                    "budget": ",".join(f"{k}={v}" for k, v in budget.items()),
+                    "density": density,
+                    "seconds": sparse_s,
+                    "speedup": dense_s / sparse_s,
+                    "fraction_of_ceiling": noop_s / sparse_s,
+                    "peak_mem_gib": sparse_mem,
+                }
+            )
+            print(rows[-1], flush=True)
+        torch.cuda.empty_cache()
+    return rows
