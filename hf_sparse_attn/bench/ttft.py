@@ -4,7 +4,9 @@ Random bf16 weights with the published shapes (speed does not depend on the valu
 untrained, so the density is set by the budget rule). Each timing is ``model(ids, logits_to_keep=1)``
 (full-vocabulary logits at 128K do not fit in memory). The ceiling replaces attention by a no-op:
 no sparse attention can beat it. Correctness gate: at density 1.0 the sparse path's last-token logits
-must match ``sdpa`` within bf16 tolerance before any sparse timing is reported.
+must match ``sdpa`` before any sparse timing is reported. Through 36 random bf16 layers two correct
+dense kernels already disagree by a few percent, so the tolerance is calibrated in the same run:
+max(2e-2, 2 x the relative difference between SDPA's flash and cuDNN backends).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, AutoModelForCausalLM
 
 from ..config import SparseAttentionConfig
@@ -63,8 +66,11 @@ def run(
         ids = torch.randint(0, config.vocab_size, (1, S), device="cuda")
         model.set_attn_implementation("sdpa")
         dense_s, dense_mem = _time_prefill(model, ids, repeats)
-        with torch.no_grad():
+        with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             ref = model(ids, logits_to_keep=1).logits.float()
+        with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            backend_err = float((model(ids, logits_to_keep=1).logits.float() - ref).norm() / ref.norm())
+        tolerance = max(GATE_REL_ERR, 2 * backend_err)
         model.set_attn_implementation(NOOP)
         noop_s, _ = _time_prefill(model, ids, repeats)
         model.set_attn_implementation("sparse_prefill")
@@ -92,7 +98,7 @@ def run(
             }
         )
         print(rows[-1], flush=True)
-        if err >= GATE_REL_ERR:
+        if err >= tolerance:
             rows.append(
                 {
                     **base,
