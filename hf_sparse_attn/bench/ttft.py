@@ -85,6 +85,8 @@ def run(
             "noop_ceiling_s": noop_s,
             "ceiling_speedup": dense_s / noop_s,
             "gate_rel_err_density_1": err,
+            "flash_vs_cudnn_rel_err": backend_err,
+            "gate_tolerance": tolerance,
         }
         rows.append(
             {
