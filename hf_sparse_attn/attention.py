@@ -28,7 +28,8 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
-from .ops import block_sparse_attention, pooled_attention_mass
+from .ops import block_sparse_attention
+from .oracle import oracle_block_scores
 from .padding import PaddingLayout
 from .selection import BlockList, select_blocks
 
@@ -86,7 +87,7 @@ def layer_block_scores(
     indexer = module.indexer
     cfg = indexer.config
     if cfg.selector == "oracle":
-        return pooled_attention_mass(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
+        return oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
     return indexer.block_scores(q, k, seq_lens)
 
 

@@ -18,6 +18,7 @@ RUNTIME_MODULES = [
     "ops/pooled_mass/naive.py",
     "ops/block_sparse_attn/naive.py",
     "config.py",
+    "oracle.py",
     "selection.py",
     "padding.py",
     "indexer.py",
