@@ -146,6 +146,11 @@ class IndexerDistillationTrainer(Trainer):
         for indexer in found.values():
             indexer.float()
         kwargs.setdefault("data_collator", PackedCollator())
+        training_args = kwargs.get("args", args[0] if args else None)
+        if training_args is not None and training_args.ddp_find_unused_parameters is None:
+            # The loss is computed beside the model's outputs, so DDP's unused-parameter search (which walks back
+            # from the outputs) would mark every indexer unused and then see its gradient twice.
+            training_args.ddp_find_unused_parameters = False
         super().__init__(model, *args, **kwargs)
         self._layer_stats: dict[str, list[float]] = defaultdict(list)
 
