@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops 1bd99210a871); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops 8ff2130f5477); do not edit.
 """Reference: block-pooled causal attention mass (the spec for the fused Triton kernel).
 
 One routine serves three callers: the distillation teacher and the block oracle (the layer's own
@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from ..common import check_qk, num_blocks
 
 CHUNK_ELEMENTS = 1 << 25
+MASKED = -1e30
 
 
 def pooled_attention_mass(
@@ -52,16 +53,17 @@ def _chunk_mass(q, k, lens, qb0: int, qb1: int, block_size: int, scale: float, g
     B, H, S, d = q.shape
     Hk = k.shape[1]
     s0, s1 = qb0 * block_size, min(S, qb1 * block_size)
-    qc = q[:, :, s0:s1].float().view(B, Hk, H // Hk, s1 - s0, d)
-    scores = torch.einsum("bgrqd,bgkd->bgrqk", qc, k[:, :, :s1].float()) * scale
-    qpos = torch.arange(s0, s1, device=q.device)
-    kpos = torch.arange(s1, device=q.device)
-    keep = (kpos[None, :] <= qpos[:, None])[None] & (kpos[None, None, :] < lens[:, None, None])
-    scores = scores.masked_fill(~keep[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     kb1 = num_blocks(s1, block_size)
-    probs = torch.nn.functional.pad(probs, (0, kb1 * block_size - s1))
-    mass = probs.view(B, H, s1 - s0, kb1, block_size).sum(-1)
+    k_pad = torch.nn.functional.pad(k[:, :, :s1].float(), (0, 0, 0, kb1 * block_size - s1))
+    qc = q[:, :, s0:s1].float().view(B, Hk, H // Hk, s1 - s0, d)
+    scores = torch.einsum("bgrqd,bgkd->bgrqk", qc, k_pad) * scale
+    qpos = torch.arange(s0, s1, device=q.device)
+    kpos = torch.arange(kb1 * block_size, device=q.device)
+    keep = (kpos[None, :] <= qpos[:, None])[None] & (kpos[None, None, :] < lens[:, None, None])
+    # A finite fill keeps fully masked blocks NaN-free in logsumexp's backward; their mass is exp(-1e30) = 0.
+    scores = scores.masked_fill(~keep[:, None, None], MASKED).view(B, H, s1 - s0, kb1, block_size)
+    block_lse = torch.logsumexp(scores, dim=-1)
+    mass = torch.exp(block_lse - torch.logsumexp(block_lse, dim=-1, keepdim=True))
     mass = mass.view(B, groups, H // groups, s1 - s0, kb1).mean(2)
     qvalid = (qpos[None, :] < lens[:, None]).float()
     mass = mass * qvalid[:, None, :, None]
