@@ -31,6 +31,7 @@ from transformers.masking_utils import (
 from .ops import block_sparse_attention
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
+from .patterns import pattern_block_scores
 from .selection import BlockList, select_blocks
 
 ATTENTION_NAME = "sparse_prefill"
@@ -83,9 +84,13 @@ def dense_attention(module, query, key, value, attention_mask, **kwargs) -> tupl
 def layer_block_scores(
     module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor
 ) -> torch.Tensor:
-    """Block scores from the layer's configured selector (``"indexer"`` or ``"oracle"``)."""
+    """Block scores from the layer's configured selector (``"indexer"``, ``"oracle"`` or ``"patterns"``)."""
     indexer = module.indexer
     cfg = indexer.config
+    if cfg.selector == "patterns":
+        return pattern_block_scores(
+            q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens, cfg.probe_queries
+        )
     if cfg.selector == "oracle":
         return oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
     return indexer.block_scores(q, k, seq_lens)
@@ -112,8 +117,8 @@ def sparse_prefill_attention(
             f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')}) has no indexer: call "
             "hf_sparse_attn.attach_indexer(model, config) or load_indexer(model, path) before running "
             "attn_implementation='sparse_prefill', or load a sparse-prefill repo (trust_remote_code=True). Without "
-            "a trained indexer, SparseAttentionConfig(selector='oracle') runs (dense-attention oracle: a diagnostic, "
-            "not a speedup)"
+            "a trained indexer, SparseAttentionConfig(selector='patterns') runs (training-free vertical + slash "
+            "estimate)"
         )
     indexer = module.indexer
     if indexer is not None and indexer.observer is not None:

@@ -17,7 +17,7 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, help="key blocks kept per query block")
     g.add_argument("--top-p", type=float, help="smallest block set holding this share of the selector's mass")
     p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--selector", choices=["indexer", "oracle"], default="indexer")
+    p.add_argument("--selector", choices=["indexer", "oracle", "patterns"], default="indexer")
 
 
 def _sparse_config(args: argparse.Namespace) -> SparseAttentionConfig:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONFIG_NAME = "sparse_config.json"
-SELECTORS = ("indexer", "oracle")
+SELECTORS = ("indexer", "oracle", "patterns")
 FORMAT_VERSION = 1
 
 
@@ -20,7 +20,12 @@ class SparseAttentionConfig:
     Budget: exactly one of ``top_k`` (blocks per query block), ``density`` (fraction of the causal
     blocks of each query block) or ``top_p`` (smallest set of blocks holding this share of the
     selector's mass). With none given, ``density=0.1``. Sink and local blocks are always kept on top
-    of the budget rule and count towards it.
+    of the budget rule and count towards it. ``layer_top_p`` (with ``top_p``) adds seed 003's
+    per-layer rule: see ``selection.select_blocks``.
+
+    Selectors: ``"indexer"`` (trained), ``"oracle"`` (the dense attention's own block mass: a
+    diagnostic), ``"patterns"`` (training-free vertical + slash estimate from the last
+    ``probe_queries`` queries).
     """
 
     indexer_heads: int = 1
@@ -29,11 +34,13 @@ class SparseAttentionConfig:
     top_k: int | None = None
     density: float | None = None
     top_p: float | None = None
+    layer_top_p: float | None = None
     sink_blocks: int = 1
     local_blocks: int = 2
     min_sparse_len: int = 4096
     dense_layers: list[int] = field(default_factory=list)
     selector: str = "indexer"
+    probe_queries: int = 64
 
     def __post_init__(self) -> None:
         if self.top_k is None and self.density is None and self.top_p is None:
@@ -57,6 +64,11 @@ class SparseAttentionConfig:
             _check_fraction("density", self.density)
         if self.top_p is not None:
             _check_fraction("top_p", self.top_p)
+        if self.layer_top_p is not None:
+            _check_fraction("layer_top_p", self.layer_top_p)
+            if self.top_p is None:
+                raise ValueError("layer_top_p (dual top-p) needs the per-query top_p budget as well")
+        _check_int("probe_queries", self.probe_queries, 1, 1 << 20)
         _check_int("sink_blocks", self.sink_blocks, 0, 1 << 20)
         _check_int("local_blocks", self.local_blocks, 1, 1 << 20)
         _check_int("min_sparse_len", self.min_sparse_len, 1, 1 << 40)

@@ -6,6 +6,14 @@ Rules for query block ``i`` of a sequence with ``n`` valid key blocks: only caus
 (``top_k`` blocks, ``density`` x the causal blocks, or the smallest set reaching ``top_p`` of the
 normalized score mass, forced blocks' mass counted first). One list per selection group, shared by
 all query heads of that group.
+
+Dual top-p (``top_p`` + ``layer_top_p``, seed 003): each row's scores are normalized to sum to 1;
+the per-query rule gives each query block the smallest set reaching ``top_p`` of its own mass; the
+per-layer rule counts the forced blocks' mass as covered and then takes, over all rows of the layer
+(per batch row and group), the smallest set of other cells reaching ``layer_top_p`` x (number of
+rows) of the total. A query block keeps min(its per-query count, its forced blocks + its cells in
+the layer set), never fewer than its forced blocks: a row with a flat distribution cannot spend
+more than the layer allows, and the layer total is bounded by both rules.
 """
 
 from __future__ import annotations
@@ -79,7 +87,10 @@ def select_blocks(
     elif name == "density":
         count = torch.maximum(n_forced, torch.ceil(n_cand.float() * value - 1e-6).long())
     else:
-        count = _top_p_count(torch.where(causal, s.clamp(min=0), 0.0), order, value, n_cand)
+        mass = torch.where(causal, s.clamp(min=0), 0.0)
+        count = _top_p_count(mass, order, value, n_cand)
+        if config.layer_top_p is not None:
+            count = torch.minimum(count, _layer_top_p_count(mass, forced, config.layer_top_p))
         count = torch.maximum(count, n_forced)
     count = torch.minimum(count, n_cand).expand(B, G, nq)
     width = max(1, int(count.max()))
@@ -88,6 +99,19 @@ def select_blocks(
     chosen = torch.sort(torch.where(used, chosen, nk), dim=-1).values
     chosen = torch.where(used, chosen, 0)
     return BlockList(count.to(torch.int32), chosen.to(torch.int32).contiguous(), bs, lens)
+
+
+def _layer_top_p_count(mass: torch.Tensor, forced: torch.Tensor, p: float) -> torch.Tensor:
+    """Per row: forced blocks plus its cells in the smallest layer-wide set reaching ``p`` of the
+    row-normalized mass (forced blocks' mass counts as already covered)."""
+    total = mass.sum(-1, keepdim=True)
+    norm = torch.where(total > 0, mass / total.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    covered = torch.where(forced, norm, 0.0).flatten(2).sum(-1, keepdim=True)
+    values, idx = torch.sort(torch.where(forced, 0.0, norm).flatten(2), dim=-1, descending=True, stable=True)
+    rows = (total[..., 0] > 0).sum(-1, keepdim=True).float()
+    keep = (covered + torch.cumsum(values, dim=-1) - values < p * rows - 1e-6) & (values > 0)
+    kept = torch.zeros_like(keep).scatter_(-1, idx, keep).view_as(norm)
+    return forced.expand_as(norm).sum(-1) + kept.sum(-1)
 
 
 def _top_p_count(mass: torch.Tensor, order: torch.Tensor, p: float, n_cand: torch.Tensor) -> torch.Tensor:

@@ -193,7 +193,7 @@ def test_sparse_prefill_on_a_repo_without_indexer_names_the_untrained_selector(h
     """,
         block_package=False,
     )
-    assert proc.returncode != 0 and "has no indexer" in proc.stderr and "selector='oracle'" in proc.stderr
+    assert proc.returncode != 0 and "has no indexer" in proc.stderr and "selector='patterns'" in proc.stderr
 
 
 def test_rendered_repo_files_and_card(hub):

@@ -19,6 +19,7 @@ RUNTIME_MODULES = [
     "ops/block_sparse_attn/naive.py",
     "config.py",
     "oracle.py",
+    "patterns.py",
     "selection.py",
     "padding.py",
     "indexer.py",

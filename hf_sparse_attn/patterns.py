@@ -1,0 +1,75 @@
+"""Training-free block scores from a cheap probe of the attention (seed 002's vertical + slash components).
+
+The last ``probe_queries`` valid queries of each sequence attend densely (P x S, linear in S); their
+head-averaged attention (per selection group) is decomposed into
+
+- a vertical component: mass per key position, pooled per key block (columns every query reads:
+  sinks, instructions, retrieved passages);
+- a slash component: mass per relative offset (query - key), pooled per block distance (diagonal
+  bands: local context, periodic structure);
+
+and every causal (query block, key block) cell is scored ``vertical[kb] + slash[qb - kb]``. The
+scores go through ``select_blocks`` like any selector: ``top_p`` keeps the blocks covering that
+share of the estimated mass (a bound on the estimated error vs dense), ``density`` / ``top_k`` meet
+a fixed cost. It needs no trained weights, so it runs on any checkpoint. The horizontal component
+of seed 002 (query rows that need dense attention) is not estimated yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .ops.common import check_qk, num_blocks
+
+
+def pattern_block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    scale: float,
+    groups: int,
+    seq_lens: torch.Tensor | None = None,
+    probe_queries: int = 64,
+) -> torch.Tensor:
+    """Estimated block mass [B, groups, nQ, nK] (float32) from the last ``probe_queries`` queries."""
+    B, H, S, d = check_qk(q, k)
+    if H % groups:
+        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    Hk = k.shape[1]
+    nb = num_blocks(S, block_size)
+    lens = torch.full((B,), S, device=q.device) if seq_lens is None else seq_lens.to(q.device)
+    out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
+    qb = torch.arange(nb, device=q.device)
+    distance = (qb[:, None] - qb[None, :]).clamp(min=0)
+    causal = qb[None, :] <= qb[:, None]
+    for b in range(B):
+        L = int(lens[b])
+        if L == 0:
+            continue
+        P = min(probe_queries, L)
+        qpos = torch.arange(L - P, L, device=q.device)
+        probe = q[b, :, L - P : L].float().view(Hk, H // Hk, P, d)
+        logits = torch.einsum("grpd,gkd->grpk", probe, k[b, :, :L].float()) * scale
+        logits = logits.masked_fill(torch.arange(L, device=q.device)[None, :] > qpos[:, None], float("-inf"))
+        probs = torch.softmax(logits, dim=-1).reshape(groups, H // groups, P, L).mean(1)
+        nbl = num_blocks(L, block_size)
+        vertical = (
+            torch.nn.functional.pad(probs.mean(1), (0, nbl * block_size - L))
+            .view(groups, nbl, block_size)
+            .sum(-1)
+        )
+        offsets = qpos[:, None] - torch.arange(L, device=q.device)[None, :]
+        slash_tok = (
+            torch.zeros(groups, L, device=q.device).index_add_(
+                1, offsets.clamp(min=0).flatten(), (probs * (offsets >= 0)).flatten(1)
+            )
+            / P
+        )
+        slash = (
+            torch.nn.functional.pad(slash_tok, (0, nbl * block_size - L))
+            .view(groups, nbl, block_size)
+            .sum(-1)
+        )
+        score = vertical[:, None, :] + slash[:, distance[:nbl, :nbl]]
+        out[b, :, :nbl, :nbl] = torch.where(causal[:nbl, :nbl], score, 0.0)
+    return out

@@ -1,0 +1,95 @@
+"""The training-free pattern selector (vertical + slash) and the dual top-p budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, build, qwen3_config
+
+from hf_sparse_attn import SparseAttentionConfig, attach_indexer, indexers, select_blocks
+from hf_sparse_attn.patterns import pattern_block_scores
+
+
+def _chosen(blocks, b, g, i):
+    return set(blocks.kv_indices[b, g, i, : blocks.kv_num_blocks[b, g, i]].tolist())
+
+
+def test_patterns_find_a_vertical_block():
+    S, D, bs = 256, 32, 16
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, S, D, generator=g) * 0.1
+    k = torch.randn(1, 1, S, D, generator=g) * 0.1
+    q[..., 0] += 4.0
+    k[:, :, 3 * bs : 4 * bs, 0] += 4.0
+    scores = pattern_block_scores(q, k, bs, D**-0.5, 1, probe_queries=32)
+    assert int(scores[0, 0, -1].argmax()) == 3
+    blocks = select_blocks(
+        scores, SparseAttentionConfig(block_size=bs, top_k=2, sink_blocks=0, local_blocks=1)
+    )
+    assert all(3 in _chosen(blocks, 0, 0, i) for i in range(4, S // bs))
+
+
+def test_patterns_find_a_slash_band():
+    S, D, bs, offset = 250, 256, 16, 40
+    q = torch.zeros(1, 1, S, D)
+    k = torch.zeros(1, 1, S, D)
+    pos = torch.arange(S)
+    k[0, 0, pos, pos % D] = 1.0
+    q[0, 0, pos, (pos - offset) % D] = 12.0
+    scores = pattern_block_scores(q, k, bs, 1.0, 1, probe_queries=48)
+    blocks = select_blocks(
+        scores, SparseAttentionConfig(block_size=bs, top_k=3, sink_blocks=0, local_blocks=1)
+    )
+    for i in range(4, (S + bs - 1) // bs):
+        assert _chosen(blocks, 0, 0, i) & {i - 2, i - 3}, (i, _chosen(blocks, 0, 0, i))
+
+
+@torch.no_grad()
+def test_patterns_selector_in_model_needs_no_training_and_handles_padding():
+    model = attach_indexer(
+        build(qwen3_config()),
+        SparseAttentionConfig(
+            block_size=16, density=0.3, min_sparse_len=16, selector="patterns", probe_queries=16
+        ),
+    )
+    lengths = [90, 57]
+    S = max(lengths)
+    seqs = [torch.randint(0, VOCAB, (L,), generator=torch.Generator().manual_seed(L)) for L in lengths]
+    ids, mask = torch.zeros(2, S, dtype=torch.long), torch.zeros(2, S, dtype=torch.long)
+    for b, (seq, L) in enumerate(zip(seqs, lengths, strict=True)):
+        ids[b, S - L :], mask[b, S - L :] = seq, 1
+    batched = model(ids, attention_mask=mask).logits
+    for ix in indexers(model).values():  # sink + 2 local blocks dominate the density rule at these lengths
+        assert ix.last_selection.kv_num_blocks[:, 0].tolist() == [[1, 2, 3, 3, 3, 3], [1, 2, 3, 3, 0, 0]]
+    for b, (seq, L) in enumerate(zip(seqs, lengths, strict=True)):
+        torch.testing.assert_close(batched[b, S - L :], model(seq[None]).logits[0], rtol=1e-4, atol=1e-4)
+
+
+def _rows(flat_rows: int, peaked_rows: int, nb: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(1, 1, nb, nb, generator=g) * 0.05 + 1.0
+    for i in range(flat_rows, flat_rows + peaked_rows):
+        s[0, 0, i, 0] = 100.0
+    return s.tril()
+
+
+def test_dual_top_p_caps_flat_rows_and_reduces_to_top_p():
+    scores = _rows(flat_rows=8, peaked_rows=4)
+    base = dict(block_size=16, sink_blocks=0, local_blocks=1, top_p=0.9)
+    single = select_blocks(scores, SparseAttentionConfig(**base))
+    same = select_blocks(scores, SparseAttentionConfig(**base, layer_top_p=1.0))
+    assert torch.equal(single.kv_num_blocks, same.kv_num_blocks)
+    dual = select_blocks(scores, SparseAttentionConfig(**base, layer_top_p=0.5))
+    assert (dual.kv_num_blocks <= single.kv_num_blocks).all()
+    assert dual.kv_num_blocks[0, 0, 4:8].sum() < single.kv_num_blocks[0, 0, 4:8].sum()
+    assert torch.equal(dual.kv_num_blocks[0, 0, 8:], single.kv_num_blocks[0, 0, 8:])
+    assert (dual.kv_num_blocks >= 1).all()
+
+
+def test_config_validates_new_fields():
+    with pytest.raises(ValueError, match="layer_top_p \\(dual top-p\\) needs"):
+        SparseAttentionConfig(density=0.1, layer_top_p=0.9)
+    with pytest.raises(ValueError, match="probe_queries"):
+        SparseAttentionConfig(probe_queries=0)
+    cfg = SparseAttentionConfig(top_p=0.9, layer_top_p=0.8, selector="patterns")
+    assert SparseAttentionConfig.from_dict(cfg.to_dict()) == cfg
