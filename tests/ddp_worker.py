@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
+import torch
 from test_distill import PLANTED, planted_model
 from transformers import TrainingArguments
 
@@ -43,3 +44,8 @@ if args.process_index == 0:
     print(
         "RESULT " + json.dumps({"world": args.world_size, "losses": losses, "weights": weights}), flush=True
     )
+if (
+    torch.distributed.is_initialized()
+):  # leave together: a rank exiting mid-teardown aborts its peer's gloo pair
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
