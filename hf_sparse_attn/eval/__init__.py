@@ -1,0 +1,1 @@
+"""Synthetic long-context evaluation (RULER-style tasks generated offline from a seed)."""

@@ -1,0 +1,206 @@
+"""RULER-style synthetic long-context tasks, generated offline from a seed (facts: notes/RULER.md).
+
+Every generator returns a ``Sample`` (prompt text, the answers, the needle depths used) whose
+prompt has about ``length`` tokens under the project tokenizer; ``score`` is RULER's containment
+rule (all answers must appear in the output), compared on token sequences so spacing of digits
+does not matter. Values are 7-digit numbers or word pairs; UUID values are not generated (the
+closed word-level vocabulary has no hex tokens).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .vocab import pseudo_words
+
+REPEAT_NOISE = (
+    "the grass is green . the sky is blue . the sun is yellow . here we go . there and back again ."
+)
+
+
+@dataclass
+class Sample:
+    task: str
+    prompt: str
+    answers: list[str]
+    depths: list[float] = field(default_factory=list)
+
+
+class TaskBuilder:
+    """Shared pieces: word pools, noise, needle insertion at depths, token budgeting."""
+
+    def __init__(self, tokenizer, seed: int = 0):
+        self.tok = tokenizer
+        self.rng = random.Random(seed)
+        words = pseudo_words(2000 + 60)
+        self.nouns, self.adjs = words[:1000], words[1000:2000]
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def number(self) -> str:
+        return str(self.rng.randint(1_000_000, 9_999_999))
+
+    def word_pair(self) -> str:
+        return f"{self.rng.choice(self.adjs)} {self.rng.choice(self.nouns)}"
+
+    def essay_sentence(self) -> str:
+        n = self.rng.randint(6, 14)
+        return " ".join(self.rng.choice(self.nouns + self.adjs) for _ in range(n)) + " ."
+
+    def haystack(self, kind: str, budget: int, needle_maker: Callable[[], str] | None = None) -> list[str]:
+        """Noise sentences totalling about ``budget`` tokens."""
+        sentences, used = [], 0
+        while used < budget:
+            if kind == "repeat":
+                s = REPEAT_NOISE
+            elif kind == "essay":
+                s = self.essay_sentence()
+            else:
+                s = needle_maker()
+            sentences.append(s)
+            used += self.n_tokens(s)
+        return sentences
+
+    def insert(
+        self, sentences: list[str], needles: list[str], depths: list[float] | None = None
+    ) -> list[float]:
+        depths = depths or [self.rng.choice([i / 39 for i in range(40)]) for _ in needles]
+        for needle, depth in sorted(zip(needles, depths, strict=True), key=lambda x: -x[1]):
+            sentences.insert(round(depth * len(sentences)), needle)
+        return depths
+
+    def assemble(
+        self,
+        task: str,
+        length: int,
+        kind: str,
+        needles: list[str],
+        question: str,
+        answers: list[str],
+        needle_maker=None,
+        depths=None,
+    ) -> Sample:
+        fixed = self.n_tokens(" ".join(needles) + " " + question)
+        sentences = self.haystack(kind, max(0, length - fixed), needle_maker)
+        depths = self.insert(sentences, needles, depths)
+        return Sample(task, " ".join(sentences) + " " + question, answers, depths)
+
+
+def _needle(key: str, value: str, kind: str = "numbers") -> str:
+    return f"one of the special magic {kind} for {key} is : {value} ."
+
+
+def niah(
+    b: TaskBuilder,
+    length: int,
+    haystack: str = "essay",
+    num_keys: int = 1,
+    num_values: int = 1,
+    num_queries: int = 1,
+    value_kind: str = "numbers",
+    task: str = "niah",
+) -> Sample:
+    keys = b.rng.sample(b.nouns, num_keys)
+    make = b.number if value_kind == "numbers" else b.word_pair
+    values = {k: [make() for _ in range(num_values)] for k in keys}
+    needles = [_needle(k, v, value_kind) for k in keys for v in values[k]]
+    asked = keys[:num_queries]
+    question = (
+        f"what are all the special magic {value_kind} for {' and '.join(asked)} mentioned in this text ? "
+        "answer :"
+    )
+    answers = [v for k in asked for v in values[k]]
+    filler = (lambda: _needle(b.rng.choice(b.nouns), make(), value_kind)) if haystack == "needle" else None
+    return b.assemble(task, length, haystack, needles, question, answers, filler)
+
+
+def variable_tracking(b: TaskBuilder, length: int, hops: int = 4, chains: int = 1) -> Sample:
+    upper = [w for w in b.tok.get_vocab() if w.isupper() and len(w) > 2]
+    names = b.rng.sample(sorted(upper), (hops + 1) * chains)
+    needles, answers = [], []
+    for c in range(chains):
+        chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
+        value = b.number()
+        needles.append(f"var {chain[0]} = {value} .")
+        needles += [f"var {chain[i]} = var {chain[i - 1]} ." for i in range(1, len(chain))]
+        if c == 0:
+            answers, asked = chain, value
+    depths = sorted(b.rng.random() for _ in needles)
+    question = f"which variables hold the value {asked} ? answer :"
+    return b.assemble("vt", length, "repeat", needles, question, answers, depths=depths)
+
+
+def common_words(
+    b: TaskBuilder, length: int, top: int = 10, freq_common: int = 30, freq_rare: int = 3
+) -> Sample:
+    common = b.rng.sample(b.nouns, top)
+    pool = [w for w in b.nouns if w not in common]
+    freq = max(freq_rare + 2, min(freq_common, length // (4 * top)))  # common words fill at most half the list
+    words = [w for w in common for _ in range(freq)]
+    while 2 * len(words) + 30 < length:  # each entry is "word ,"
+        words += [b.rng.choice(pool)] * freq_rare
+    b.rng.shuffle(words)
+    listing = " ".join(f"{w} ," for w in words)
+    question = f"what are the {top} most common words in the list above ? answer :"
+    return Sample("cwe", f"{listing} {question}", common)
+
+
+def frequent_words(b: TaskBuilder, length: int, top: int = 3, alpha: float = 2.0) -> Sample:
+    ranked = b.rng.sample(b.nouns, 200)
+    weights = [1.0 / (i + 1) ** alpha for i in range(len(ranked))]
+    words = []
+    while b.n_tokens(" ".join(words)) < length - 30:
+        words += b.rng.choices(ranked, weights, k=64)
+    counts = {w: words.count(w) for w in set(words)}
+    answers = sorted(counts, key=lambda w: -counts[w])[:top]
+    question = f"what are the {top} most frequent words in the text above ? answer :"
+    return Sample("fwe", " ".join(words) + " " + question, answers)
+
+
+def qa_retrieval(b: TaskBuilder, length: int, distractors_per_doc: int = 3) -> Sample:
+    """Documents of facts 'the X of T is V'; one asked, the others (same attribute) distract."""
+    attr = b.rng.choice(b.nouns)
+    docs, titles, answer = [], [], None
+    while b.n_tokens(" ".join(docs)) < length - 40:
+        title = b.rng.choice(b.nouns)
+        value = b.word_pair()
+        body = " ".join(b.essay_sentence() for _ in range(distractors_per_doc))
+        docs.append(f"document title : {title} . {body} the {attr} of {title} is {value} .")
+        titles.append((title, value))
+    title, answer = b.rng.choice(titles)
+    question = f"question : what is the {attr} of {title} ? answer :"
+    return Sample("qa", " ".join(docs) + " " + question, [answer])
+
+
+TASKS: dict[str, Callable[[TaskBuilder, int], Sample]] = {
+    "niah_single_1": lambda b, n: niah(b, n, "repeat", task="niah_single_1"),
+    "niah_single_2": lambda b, n: niah(b, n, "essay", task="niah_single_2"),
+    "niah_single_3": lambda b, n: niah(b, n, "essay", value_kind="words", task="niah_single_3"),
+    "niah_multikey_1": lambda b, n: niah(b, n, "essay", num_keys=4, task="niah_multikey_1"),
+    "niah_multikey_2": lambda b, n: niah(b, n, "needle", task="niah_multikey_2"),
+    "niah_multivalue": lambda b, n: niah(b, n, "essay", num_values=4, task="niah_multivalue"),
+    "niah_multiquery": lambda b, n: niah(b, n, "essay", num_keys=4, num_queries=4, task="niah_multiquery"),
+    "vt": variable_tracking,
+    "cwe": common_words,
+    "fwe": frequent_words,
+    "qa": qa_retrieval,
+}
+
+
+def generate(task: str, tokenizer, length: int, seed: int = 0) -> Sample:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
+    return TASKS[task](TaskBuilder(tokenizer, seed), length)
+
+
+def score(output: str, answers: list[str], tokenizer) -> float:
+    """1.0 if every answer's token sequence occurs in the output's, else 0.0 (RULER containment)."""
+    out = tokenizer(output, add_special_tokens=False)["input_ids"]
+    for answer in answers:
+        ans = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not any(out[i : i + len(ans)] == ans for i in range(len(out) - len(ans) + 1)):
+            return 0.0
+    return 1.0
