@@ -147,8 +147,7 @@ def sparse_prefill_attention(
         )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    key_valid = None if attention_mask is None else attention_mask[:, 0, 0, :]
-    layout = PaddingLayout.from_key_mask(key_valid, query.shape[0], q_len, query.device)
+    layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
     indexer.last_selection = blocks

@@ -29,7 +29,7 @@ from .config import SparseAttentionConfig
 from .modeling import attach_indexer, indexers, load_indexer, save_indexer
 from .ops import pooled_attention_mass
 from .padding import PaddingLayout
-from .selection import BlockList, select_blocks
+from .selection import BlockList, causal_block_counts, select_blocks
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -52,8 +52,8 @@ def block_recall(teacher: torch.Tensor, blocks: BlockList) -> torch.Tensor:
 
 
 def _valid_rows(seq_lens: torch.Tensor, block_size: int, nq: int) -> torch.Tensor:
-    n_valid = (seq_lens.long() + block_size - 1) // block_size
-    return torch.arange(nq, device=seq_lens.device)[None, :] < n_valid[:, None]
+    """[B, nQ] query blocks holding at least one real token."""
+    return causal_block_counts(seq_lens, block_size, nq) > 0
 
 
 @dataclass
@@ -76,8 +76,7 @@ class _Collector:
             raise ValueError("distillation supports causal batches with left or right padding only")
         indexer = module.indexer
         cfg = indexer.config
-        key_valid = None if attention_mask is None else attention_mask[:, 0, 0, :]
-        layout = PaddingLayout.from_key_mask(key_valid, query.shape[0], query.shape[2], query.device)
+        layout = PaddingLayout.from_attention_mask(attention_mask, query)
         q, k = layout.to_right(query.detach()), layout.to_right(key.detach())
         with torch.no_grad():
             teacher = pooled_attention_mass(

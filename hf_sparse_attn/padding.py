@@ -38,6 +38,12 @@ class PaddingLayout:
         shift = torch.where(is_left, seq_len - lens, 0)
         return cls(lens.to(torch.int32), shift if bool(shift.any()) else None)
 
+    @classmethod
+    def from_attention_mask(cls, attention_mask: torch.Tensor | None, query: torch.Tensor) -> PaddingLayout:
+        """From the compact prefill mask ``sparse_prefill_mask`` returns (None or [B, 1, 1, S] bool)."""
+        key_valid = None if attention_mask is None else attention_mask[:, 0, 0, :]
+        return cls.from_key_mask(key_valid, query.shape[0], query.shape[2], query.device)
+
     def to_right(self, x: torch.Tensor) -> torch.Tensor:
         """Roll [B, H, S, D] rows left by their pad count."""
         return x if self.shift is None else _roll_rows(x, self.shift)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops.common import check_qk, num_blocks
+from .ops.common import check_qk, num_blocks, sequence_lengths
 
 
 def pattern_block_scores(
@@ -37,7 +37,7 @@ def pattern_block_scores(
         raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
     Hk = k.shape[1]
     nb = num_blocks(S, block_size)
-    lens = torch.full((B,), S, device=q.device) if seq_lens is None else seq_lens.to(q.device)
+    lens = sequence_lengths(seq_lens, B, S, q.device)
     out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
     qb = torch.arange(nb, device=q.device)
     distance = (qb[:, None] - qb[None, :]).clamp(min=0)

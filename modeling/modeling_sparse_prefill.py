@@ -16,6 +16,28 @@ def num_blocks(length: int, block_size: int) -> int:
     return (length + block_size - 1) // block_size
 
 
+def sequence_lengths(
+    seq_lens: torch.Tensor | None,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.long,
+) -> torch.Tensor:
+    """Valid length of each (right-padded) row: ``seq_lens`` on ``device`` as ``dtype``, or all ``seq_len``."""
+    if seq_lens is None:
+        return torch.full((batch,), seq_len, dtype=dtype, device=device)
+    return seq_lens.to(device=device, dtype=dtype)
+
+
+def stacked_heads(start: int, rep: int, group_heads: int) -> int:
+    """Query heads one program stacks: the largest power of two <= ``start`` dividing both the heads per
+    kv head (``rep``) and per selection group, so stacked heads share their K/V tiles and block list."""
+    heads = max(1, start)
+    while heads > 1 and (rep % heads or group_heads % heads):
+        heads //= 2
+    return heads
+
+
 def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
     """Validate q [B, H, S, d] / k [B, Hk, S, d] and return (B, H, S, d)."""
     if q.dim() != 4 or k.dim() != 4:
@@ -71,7 +93,7 @@ def pooled_attention_mass(
     if H % groups:
         raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
     nb = num_blocks(S, block_size)
-    lens = _lens(seq_lens, B, S, q.device)
+    lens = sequence_lengths(seq_lens, B, S, q.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, B * H * block_size * S))
     differentiable = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
     rows = []
@@ -107,12 +129,6 @@ def _chunk_mass(q, k, lens, qb0: int, qb1: int, block_size: int, scale: float, g
     count = torch.nn.functional.pad(qvalid, (0, pad_q)).view(B, nq, block_size).sum(-1)
     return mass / count.clamp(min=1)[:, None, :, None]
 
-
-def _lens(seq_lens: torch.Tensor | None, B: int, S: int, device: torch.device) -> torch.Tensor:
-    if seq_lens is None:
-        return torch.full((B,), S, dtype=torch.long, device=device)
-    return seq_lens.to(device=device, dtype=torch.long)
-
 # ---- hf_sparse_attn/ops/block_sparse_attn/naive.py ----
 """Reference block-sparse causal GQA attention (the spec for the Triton kernel).
 
@@ -147,7 +163,7 @@ def block_sparse_attention(
     check_block_list(kv_num_blocks, kv_indices, B, Hq, num_blocks(S, block_size))
     Hkv, G = k.shape[1], kv_num_blocks.shape[1]
     dev = q.device
-    lens = torch.full((B,), S, device=dev, dtype=torch.long) if seq_lens is None else seq_lens.long().to(dev)
+    lens = sequence_lengths(seq_lens, B, S, dev)
     out = torch.zeros(B, Hq, S, D, dtype=torch.float32, device=dev)
     lse = torch.full((B, Hq, S), float("-inf"), dtype=torch.float32, device=dev)
     head_group = torch.arange(Hq, device=dev) // (Hq // G)
@@ -465,7 +481,7 @@ def pattern_block_scores(
         raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
     Hk = k.shape[1]
     nb = num_blocks(S, block_size)
-    lens = torch.full((B,), S, device=q.device) if seq_lens is None else seq_lens.to(q.device)
+    lens = sequence_lengths(seq_lens, B, S, q.device)
     out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
     qb = torch.arange(nb, device=q.device)
     distance = (qb[:, None] - qb[None, :]).clamp(min=0)
@@ -666,6 +682,12 @@ class PaddingLayout:
             )
         shift = torch.where(is_left, seq_len - lens, 0)
         return cls(lens.to(torch.int32), shift if bool(shift.any()) else None)
+
+    @classmethod
+    def from_attention_mask(cls, attention_mask: torch.Tensor | None, query: torch.Tensor) -> PaddingLayout:
+        """From the compact prefill mask ``sparse_prefill_mask`` returns (None or [B, 1, 1, S] bool)."""
+        key_valid = None if attention_mask is None else attention_mask[:, 0, 0, :]
+        return cls.from_key_mask(key_valid, query.shape[0], query.shape[2], query.device)
 
     def to_right(self, x: torch.Tensor) -> torch.Tensor:
         """Roll [B, H, S, D] rows left by their pad count."""
@@ -918,8 +940,7 @@ def sparse_prefill_attention(
         )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    key_valid = None if attention_mask is None else attention_mask[:, 0, 0, :]
-    layout = PaddingLayout.from_key_mask(key_valid, query.shape[0], q_len, query.device)
+    layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
     indexer.last_selection = blocks

@@ -138,7 +138,9 @@ def common_words(
 ) -> Sample:
     common = b.rng.sample(b.nouns, top)
     pool = [w for w in b.nouns if w not in common]
-    freq = max(freq_rare + 2, min(freq_common, length // (4 * top)))  # common words fill at most half the list
+    freq = max(
+        freq_rare + 2, min(freq_common, length // (4 * top))
+    )  # common words fill at most half the list
     words = [w for w in common for _ in range(freq)]
     while 2 * len(words) + 30 < length:  # each entry is "word ,"
         words += [b.rng.choice(pool)] * freq_rare

@@ -64,7 +64,8 @@ FUNCTION_WORDS = [
     "document",
     "passage",
     "title",
-    "about", "above",
+    "about",
+    "above",
 ]
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"

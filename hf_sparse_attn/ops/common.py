@@ -11,6 +11,28 @@ def num_blocks(length: int, block_size: int) -> int:
     return (length + block_size - 1) // block_size
 
 
+def sequence_lengths(
+    seq_lens: torch.Tensor | None,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.long,
+) -> torch.Tensor:
+    """Valid length of each (right-padded) row: ``seq_lens`` on ``device`` as ``dtype``, or all ``seq_len``."""
+    if seq_lens is None:
+        return torch.full((batch,), seq_len, dtype=dtype, device=device)
+    return seq_lens.to(device=device, dtype=dtype)
+
+
+def stacked_heads(start: int, rep: int, group_heads: int) -> int:
+    """Query heads one program stacks: the largest power of two <= ``start`` dividing both the heads per
+    kv head (``rep``) and per selection group, so stacked heads share their K/V tiles and block list."""
+    heads = max(1, start)
+    while heads > 1 and (rep % heads or group_heads % heads):
+        heads //= 2
+    return heads
+
+
 def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
     """Validate q [B, H, S, d] / k [B, Hk, S, d] and return (B, H, S, d)."""
     if q.dim() != 4 or k.dim() != 4:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_qk, num_blocks
+from ..common import check_qk, num_blocks, sequence_lengths
 
 
 def block_sparse_attention(
@@ -33,7 +33,7 @@ def block_sparse_attention(
     check_block_list(kv_num_blocks, kv_indices, B, Hq, num_blocks(S, block_size))
     Hkv, G = k.shape[1], kv_num_blocks.shape[1]
     dev = q.device
-    lens = torch.full((B,), S, device=dev, dtype=torch.long) if seq_lens is None else seq_lens.long().to(dev)
+    lens = sequence_lengths(seq_lens, B, S, dev)
     out = torch.zeros(B, Hq, S, D, dtype=torch.float32, device=dev)
     lse = torch.full((B, Hq, S), float("-inf"), dtype=torch.float32, device=dev)
     head_group = torch.arange(Hq, device=dev) // (Hq // G)

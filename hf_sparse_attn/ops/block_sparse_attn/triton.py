@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, num_blocks
+from ..common import check_qk, num_blocks, sequence_lengths, stacked_heads
 from .naive import check_block_list
 
 LOG2E = 1.4426950408889634
@@ -186,9 +186,9 @@ def launch_config(rep: int, group_heads: int, block_size: int, head_dim: int) ->
     (460 TFLOP/s) and 8 for D 256 (464); block 128 -> 256 rows, 8 warps (394). D 256 with 128-row
     blocks needs a single pipeline stage to fit shared memory.
     """
-    heads = 2 if block_size <= 128 else 1
-    while heads > 1 and (rep % heads or group_heads % heads or heads * block_size * head_dim > 128 * 256):
-        heads //= 2
+    heads = stacked_heads(
+        2 if block_size <= 128 and 2 * block_size * head_dim <= 128 * 256 else 1, rep, group_heads
+    )
     rows = heads * block_size
     wide = head_dim > 128
     return {
@@ -227,11 +227,7 @@ def block_sparse_attention_triton(
     Hkv, G = k.shape[1], kv_num_blocks.shape[1]
     rep, group_heads = Hq // Hkv, Hq // G
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    lens = (
-        torch.full((B,), S, dtype=torch.int32, device=q.device)
-        if seq_lens is None
-        else seq_lens.to(torch.int32)
-    )
+    lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     num = kv_num_blocks.to(torch.int32)
     idx = kv_indices.to(torch.int32)
     out = torch.empty(B, Hq, S, D, dtype=q.dtype, device=q.device)

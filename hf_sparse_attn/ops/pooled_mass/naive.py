@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..common import check_qk, num_blocks
+from ..common import check_qk, num_blocks, sequence_lengths
 
 CHUNK_ELEMENTS = 1 << 25
 MASKED = -1e30
@@ -36,7 +36,7 @@ def pooled_attention_mass(
     if H % groups:
         raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
     nb = num_blocks(S, block_size)
-    lens = _lens(seq_lens, B, S, q.device)
+    lens = sequence_lengths(seq_lens, B, S, q.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, B * H * block_size * S))
     differentiable = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
     rows = []
@@ -71,9 +71,3 @@ def _chunk_mass(q, k, lens, qb0: int, qb1: int, block_size: int, scale: float, g
     mass = torch.nn.functional.pad(mass, (0, 0, 0, pad_q)).view(B, groups, nq, block_size, kb1).sum(3)
     count = torch.nn.functional.pad(qvalid, (0, pad_q)).view(B, nq, block_size).sum(-1)
     return mass / count.clamp(min=1)[:, None, :, None]
-
-
-def _lens(seq_lens: torch.Tensor | None, B: int, S: int, device: torch.device) -> torch.Tensor:
-    if seq_lens is None:
-        return torch.full((B,), S, dtype=torch.long, device=device)
-    return seq_lens.to(device=device, dtype=torch.long)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, num_blocks
+from ..common import check_qk, num_blocks, sequence_lengths, stacked_heads
 
 LOG2E = 1.4426950408889634
 
@@ -113,16 +113,10 @@ def pooled_attention_mass_triton(
         raise ValueError(f"head dim {d} is not supported by the Triton kernel (a power of two in [16, 256])")
     Hk = k.shape[1]
     rep, group_heads = H // Hk, H // groups
-    heads = max(1, (128 if d <= 128 else 64) // block_size)
-    while rep % heads or group_heads % heads:
-        heads //= 2
+    heads = stacked_heads((128 if d <= 128 else 64) // block_size, rep, group_heads)
     q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
     nq = num_blocks(S, block_size)
-    lens = (
-        torch.full((B,), S, dtype=torch.int32, device=q.device)
-        if seq_lens is None
-        else seq_lens.to(torch.int32)
-    )
+    lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     out = torch.zeros(B, groups, nq, nq, dtype=torch.float32, device=q.device)
     _pooled_mass_kernel[(B * (H // heads), nq)](
         q,

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 8ff2130f5477); do not edit.
+# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 76c45ff90575); do not edit.
 """Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
 
 Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with
@@ -12,6 +12,7 @@ import os
 import torch
 
 from .block_sparse_attn import naive as _bsa_naive
+from .common import sequence_lengths
 from .pooled_mass import naive as _mass_naive
 
 BACKENDS = ("auto", "triton", "reference")
@@ -24,12 +25,6 @@ def backend_for(t: torch.Tensor) -> str:
     if choice == "auto":
         return "triton" if t.is_cuda else "reference"
     return choice
-
-
-def _full_lens(t: torch.Tensor, seq_lens: torch.Tensor | None) -> torch.Tensor:
-    if seq_lens is None:
-        return torch.full((t.shape[0],), t.shape[2], dtype=torch.int32, device=t.device)
-    return seq_lens.to(device=t.device, dtype=torch.int32)
 
 
 def block_sparse_attention(
@@ -50,7 +45,14 @@ def block_sparse_attention(
     from .block_sparse_attn.triton import block_sparse_attn_fwd
 
     return block_sparse_attn_fwd(
-        q, k, v, kv_num_blocks, kv_indices, _full_lens(q, seq_lens), block_size, scale
+        q,
+        k,
+        v,
+        kv_num_blocks,
+        kv_indices,
+        sequence_lengths(seq_lens, q.shape[0], q.shape[2], q.device, torch.int32),
+        block_size,
+        scale,
     )
 
 
@@ -67,7 +69,14 @@ def pooled_attention_mass(
         return _mass_naive.pooled_attention_mass(q, k, block_size, scale, groups, seq_lens)
     from .pooled_mass.triton import pooled_attention_mass_op
 
-    return pooled_attention_mass_op(q, k, _full_lens(q, seq_lens), block_size, scale, groups)
+    return pooled_attention_mass_op(
+        q,
+        k,
+        sequence_lengths(seq_lens, q.shape[0], q.shape[2], q.device, torch.int32),
+        block_size,
+        scale,
+        groups,
+    )
 
 
 __all__ = ["BACKENDS", "backend_for", "block_sparse_attention", "pooled_attention_mass"]

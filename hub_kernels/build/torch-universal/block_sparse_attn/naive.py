@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/block_sparse_attn/naive.py (hf-sparse-attn 0.1.0, ops 8ff2130f5477); do not edit.
+# Generated from hf_sparse_attn/ops/block_sparse_attn/naive.py (hf-sparse-attn 0.1.0, ops 76c45ff90575); do not edit.
 """Reference block-sparse causal GQA attention (the spec for the Triton kernel).
 
 Each query block attends to the key blocks listed for its selection group, with token-level causal
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_qk, num_blocks
+from ..common import check_qk, num_blocks, sequence_lengths
 
 
 def block_sparse_attention(
@@ -34,7 +34,7 @@ def block_sparse_attention(
     check_block_list(kv_num_blocks, kv_indices, B, Hq, num_blocks(S, block_size))
     Hkv, G = k.shape[1], kv_num_blocks.shape[1]
     dev = q.device
-    lens = torch.full((B,), S, device=dev, dtype=torch.long) if seq_lens is None else seq_lens.long().to(dev)
+    lens = sequence_lengths(seq_lens, B, S, dev)
     out = torch.zeros(B, Hq, S, D, dtype=torch.float32, device=dev)
     lse = torch.full((B, Hq, S), float("-inf"), dtype=torch.float32, device=dev)
     head_group = torch.arange(Hq, device=dev) // (Hq // G)
