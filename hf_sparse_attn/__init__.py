@@ -6,7 +6,7 @@ Importing the package registers the ``"sparse_prefill"`` attention implementatio
 from .attention import ATTENTION_NAME, last_selection, register, sparse_prefill_attention
 from .config import SparseAttentionConfig
 from .indexer import Indexer
-from .modeling import attach_indexer, indexers, load_indexer, save_indexer
+from .modeling import attach_indexer, indexers, load_indexer, save_indexer, update_sparse_config
 from .oracle import oracle_block_scores, token_oracle_attention
 from .selection import BlockList, select_blocks
 
@@ -29,4 +29,5 @@ __all__ = [
     "select_blocks",
     "sparse_prefill_attention",
     "token_oracle_attention",
+    "update_sparse_config",
 ]

@@ -84,9 +84,13 @@ def dense_attention(module, query, key, value, attention_mask, **kwargs) -> tupl
 def layer_block_scores(
     module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor
 ) -> torch.Tensor:
-    """Block scores from the layer's configured selector (``"indexer"``, ``"oracle"`` or ``"patterns"``)."""
+    """Block scores from the layer's configured selector (see ``SparseAttentionConfig``)."""
     indexer = module.indexer
     cfg = indexer.config
+    if cfg.selector == "random":
+        B, nb = q.shape[0], -(-q.shape[2] // cfg.block_size)
+        g = torch.Generator(device=q.device).manual_seed(int(module.layer_idx))
+        return torch.rand(B, cfg.indexer_heads, nb, nb, generator=g, device=q.device)
     if cfg.selector == "patterns":
         return pattern_block_scores(
             q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens, cfg.probe_queries

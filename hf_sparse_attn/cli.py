@@ -1,4 +1,4 @@
-"""Command line: ``hf-sparse-attn demo`` (more subcommands arrive with their issues)."""
+"""Command line: ``hf-sparse-attn demo | eval | distill | publish | build-kernels | bench``."""
 
 from __future__ import annotations
 
@@ -6,60 +6,40 @@ import argparse
 import json
 import sys
 
-from .config import SparseAttentionConfig
-
-
-def _budget_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--density", type=float, help="fraction of causal blocks kept per query block (default 0.1)"
-    )
-    g.add_argument("--top-k", type=int, help="key blocks kept per query block")
-    g.add_argument("--top-p", type=float, help="smallest block set holding this share of the selector's mass")
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--selector", choices=["indexer", "oracle", "patterns"], default="indexer")
-
-
-def _sparse_config(args: argparse.Namespace) -> SparseAttentionConfig:
-    return SparseAttentionConfig(
-        block_size=args.block_size,
-        density=args.density,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        selector=args.selector,
-        min_sparse_len=1,
-    )
-
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from .demo import run_demo
+    from .proxy import PROXY_DIR
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    result = run_demo(args.seq_len, _sparse_config(args), device, seed=args.seed)
+    result = run_demo(args.model or PROXY_DIR, args.seq_len, device=device)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    cfg = result["sparse_config"]
+    budget = next(f"{k}={cfg[k]}" for k in ("top_k", "density", "top_p") if cfg.get(k) is not None)
     print(
-        f"hf-sparse-attn demo: tiny random Qwen3 (4 layers, 8 q / 2 kv heads), {result['seq_len']} tokens, "
-        f"{result['budget']}, block {result['block_size']}, selector {args.selector}, on {device}"
+        f"hf-sparse-attn demo: {result['model']} via trust_remote_code + pipeline('text-generation'), "
+        f"~{result['seq_len']} tokens per prompt, selector {cfg['selector']}, {budget}, block {cfg['block_size']}, "
+        f"on {device}"
     )
-    print("per-layer kept fraction of causal blocks:")
-    for layer, frac in result["per_layer_kept_fraction"].items():
-        print(f"  layer {layer}: {'dense' if frac is None else f'{frac:.3f}'}")
-    print(f"mean kept fraction (density): {result['mean_kept_fraction']:.3f}")
+    for row in result["rows"]:
+        print(f"\n{row['task']} ({row['tokens']} tokens), expected: {', '.join(row['answers'])}")
+        for mode in ("dense", "sparse"):
+            r = row[mode]
+            dens = "-" if r["kept_density"] is None else f"{r['kept_density']:.3f}"
+            mark = "ok " if r["correct"] else "MISS"
+            print(f"  {mode:6s} {mark} kept {dens}  {r['seconds']:6.2f}s  {r['output'][:70]}")
+    acc, secs = result["accuracy"], result["seconds"]
+    dens = result["mean_kept_density"]
     print(
-        f"max |sparse - dense| logits at this density: {result['max_abs_diff_vs_dense']:.4g} "
-        f"(top-1 agreement {result['top1_agreement_vs_dense']:.1%})"
+        f"\naccuracy: dense {acc['dense']:.0%}, sparse {acc['sparse']:.0%}; kept block density "
+        f"{'-' if dens is None else f'{dens:.3f}'}; seconds: dense {secs['dense']:.1f}, sparse {secs['sparse']:.1f}"
     )
-    print(
-        f"max |sparse - dense| logits at density 1.0:  {result['max_abs_diff_vs_dense_at_full_density']:.3g}"
-    )
-    print(
-        f"prefill seconds: dense {result['seconds_dense']:.2f}, sparse {result['seconds_sparse']:.2f} "
-        "(CPU reference path; the speed path is the Triton kernel on CUDA)"
-    )
+    if device == "cpu":
+        print("(CPU runs the plain-PyTorch reference ops; the speed path is the Triton kernel on CUDA)")
     return 0
 
 
@@ -181,6 +161,39 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .eval.methods import build_methods
+    from .eval.runner import evaluate, macro, write_report
+    from .proxy import PROXY_DIR, load_proxy
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_dir = args.model or str(PROXY_DIR)
+    model, tok = load_proxy(model_dir, device)
+    methods = build_methods(
+        args.methods.split(","),
+        _floats(args.densities),
+        _floats(args.top_ps),
+        layer_top_p=args.layer_top_p,
+        block_sizes=_ints(args.block_sizes) if args.block_sizes else None,
+    )
+    tasks = None if args.tasks == "all" else args.tasks.split(",")
+    rows = evaluate(model, tok, methods, _ints(args.lengths), tasks, args.samples, args.batch_size)
+    meta = {
+        "model": model_dir,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "samples_per_task": args.samples,
+        "lengths": args.lengths,
+    }
+    paths = write_report(rows, args.out, meta)
+    for (label, length), s in macro(rows).items():
+        dens = "-" if s["density"] is None else f"{s['density']:.3f}"
+        print(f"{length:>6} {label:<40} density {dens:>6}  macro {100 * s['accuracy']:.1f}")
+    print("wrote", ", ".join(paths.values()))
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     from .recipe import main as recipe_main
 
@@ -223,12 +236,11 @@ def _build_kernels(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="one sparse vs dense prefill on the bundled default model")
-    demo.add_argument("--seq-len", type=int, default=4096)
+    demo = sub.add_parser("demo", help="dense vs sparse answers of the bundled proxy model on long prompts")
+    demo.add_argument("--model", default=None, help="a rendered repo directory (default: the bundled proxy)")
+    demo.add_argument("--seq-len", type=int, default=4096, help="prompt length in tokens")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
-    _budget_args(demo)
     demo.set_defaults(func=_demo)
     distill = sub.add_parser(
         "distill",
@@ -263,6 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build-kernels", help="build the Hub kernel repo from hf_sparse_attn/ops")
     build.add_argument("--out", default="hub_kernels")
     build.set_defaults(func=_build_kernels)
+    ev = sub.add_parser(
+        "eval", help="task accuracy of selection methods (dense, oracles, indexer, baselines)"
+    )
+    ev.add_argument("--model", default=None, help="model directory with indexer (default: the bundled proxy)")
+    ev.add_argument(
+        "--methods",
+        default="dense,token_oracle,block_oracle,indexer,indexer_topp,patterns,streaming,random",
+        help="comma list of: dense, token_oracle, block_oracle, indexer, indexer_topp, indexer_dual_topp, "
+        "patterns, streaming, random",
+    )
+    ev.add_argument("--densities", default="0.125", help="budgets of the density-based methods")
+    ev.add_argument("--top-ps", default="0.9", help="budgets of the top-p methods")
+    ev.add_argument("--layer-top-p", type=float, default=None, help="per-layer p of indexer_dual_topp")
+    ev.add_argument("--block-sizes", default=None, help="comma list to sweep block sizes (default: model's)")
+    ev.add_argument("--lengths", default="4096,8192,16384", help="prompt lengths in tokens")
+    ev.add_argument("--tasks", default="all")
+    ev.add_argument("--samples", type=int, default=20, help="prompts per (task, length)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--out", default="results/eval")
+    ev.set_defaults(func=_eval)
     bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft")
     bench.add_argument("what", choices=["kernels", "selection", "memory", "distill", "ttft"])
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONFIG_NAME = "sparse_config.json"
-SELECTORS = ("indexer", "oracle", "patterns")
+SELECTORS = ("indexer", "oracle", "patterns", "random")
 FORMAT_VERSION = 1
 
 
@@ -25,7 +25,8 @@ class SparseAttentionConfig:
 
     Selectors: ``"indexer"`` (trained), ``"oracle"`` (the dense attention's own block mass: a
     diagnostic), ``"patterns"`` (training-free vertical + slash estimate from the last
-    ``probe_queries`` queries).
+    ``probe_queries`` queries), ``"random"`` (uniform random scores, seeded per layer: the baseline that
+    shows a task needs retrieval).
     """
 
     indexer_heads: int = 1

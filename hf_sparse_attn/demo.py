@@ -1,72 +1,133 @@
-"""`hf-sparse-attn demo`: one sparse prefill next to the dense one, with the density actually used.
+"""`hf-sparse-attn demo`: the bundled proxy model answers long prompts, sparse next to dense.
 
-Until the trained proxy backbone ships, the demo model is a tiny random Qwen3 whose indexers keep
-their initial weights, so the numbers show the mechanics (selection, density, the error at that
-density), not trained quality.
+Everything goes through the path a user takes with a published repo:
+``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True,
+attn_implementation="sparse_prefill")`` and ``pipeline("text-generation")``. The dense run is the same
+model switched to ``sdpa`` with ``set_attn_implementation``, so the two differ only in the prefill.
 """
 
 from __future__ import annotations
 
-import copy
+import json
+import logging
+import os
 import time
-from dataclasses import replace
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, Qwen3Config
 
-from .attention import last_selection
-from .config import SparseAttentionConfig
-from .modeling import attach_indexer, attention_layers
+from .eval.tasks import generate, score
+from .proxy import PROXY_DIR
+
+DEMO_TASKS = ("niah_single_2", "niah_multiquery", "vt", "niah_single_3")
+DEMO_SEED = 2_000_000
 
 
-def tiny_qwen3_config() -> Qwen3Config:
-    return Qwen3Config(
-        vocab_size=1024,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=65536,
-        tie_word_embeddings=True,
-    )
+def kept_density(model: torch.nn.Module) -> float | None:
+    """Mean kept fraction of causal blocks over the layers' last sparse prefill.
+
+    Duck-typed over ``last_selection`` so it also reads a remote-code model, whose classes are a
+    generated copy of this package's.
+    """
+    values = [
+        float(m.last_selection.density().mean())
+        for m in model.modules()
+        if getattr(m, "last_selection", None) is not None
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def _clear_selections(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if getattr(m, "last_selection", None) is not None:
+            m.last_selection = None
+
+
+def load_demo_pipeline(model_dir: str | os.PathLike = PROXY_DIR, device: str = "cpu"):
+    """(pipeline, sparse_config dict) of a Hub-layout directory loaded with trust_remote_code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    model_dir = Path(model_dir)
+    missing = [
+        n
+        for n in ("config.json", "indexer.safetensors", "modeling_sparse_prefill.py")
+        if not (model_dir / n).exists()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir} is not a sparse_prefill repo (missing {', '.join(missing)}): pass a directory "
+            "rendered by `hf-sparse-attn publish --full MODEL_DIR --out DIR --dry-run`"
+        )
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, trust_remote_code=True, attn_implementation="sparse_prefill", dtype=dtype
+    ).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pipes = logging.getLogger("transformers.pipelines.base")
+    level = pipes.level
+    pipes.setLevel(
+        logging.CRITICAL
+    )  # "not supported for text-generation": the check lists only built-in classes
+    try:
+        pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    finally:
+        pipes.setLevel(level)
+    sparse = json.loads((model_dir / "sparse_config.json").read_text())
+    return pipe, sparse
 
 
 @torch.no_grad()
-def run_demo(seq_len: int, sparse_config: SparseAttentionConfig, device: str, seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    config = tiny_qwen3_config()
-    dense = (
-        AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").to(device).eval()
-    )
-    sparse = attach_indexer(copy.deepcopy(dense), sparse_config)
-    ids = torch.randint(0, config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(seed)).to(
-        device
-    )
-    t0 = time.perf_counter()
-    ref = dense(ids, logits_to_keep=0).logits.float()
-    t_dense = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = sparse(ids, logits_to_keep=0).logits.float()
-    t_sparse = time.perf_counter() - t0
-    layers = {}
-    for module in attention_layers(sparse):
-        blocks = last_selection(module)
-        layers[module.layer_idx] = None if blocks is None else float(blocks.density().mean())
-    full = attach_indexer(copy.deepcopy(dense), replace(sparse_config, top_k=None, top_p=None, density=1.0))
-    full_out = full(ids, logits_to_keep=0).logits.float()
-    kept = [v for v in layers.values() if v is not None]
+def run_demo(
+    model_dir: str | os.PathLike = PROXY_DIR,
+    seq_len: int = 4096,
+    tasks: tuple[str, ...] = DEMO_TASKS,
+    device: str = "cpu",
+    max_new_tokens: int = 40,
+) -> dict:
+    """Dense and sparse greedy answers for one prompt per task; accuracy, kept density, seconds."""
+    pipe, sparse = load_demo_pipeline(model_dir, device)
+    if seq_len < sparse["min_sparse_len"]:
+        raise ValueError(
+            f"--seq-len {seq_len} is below the model's min_sparse_len ({sparse['min_sparse_len']}): "
+            "such prompts take the dense path in both runs; pass a longer --seq-len"
+        )
+    model, tok = pipe.model, pipe.tokenizer
+    samples = [generate(task, tok, seq_len, seed=DEMO_SEED + i) for i, task in enumerate(tasks)]
+    rows = []
+    for sample in samples:
+        row = {"task": sample.task, "answers": sample.answers, "tokens": len(tok(sample.prompt)["input_ids"])}
+        for mode in ("dense", "sparse"):
+            model.set_attn_implementation("sdpa" if mode == "dense" else "sparse_prefill")
+            _clear_selections(model)
+            start = time.perf_counter()
+            out = pipe(
+                tok.bos_token + sample.prompt,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                return_full_text=False,
+                pad_token_id=tok.pad_token_id,
+            )[0]["generated_text"]
+            row[mode] = {
+                "output": out.strip(),
+                "correct": score(out, sample.answers, tok),
+                "seconds": round(time.perf_counter() - start, 2),
+                "kept_density": 1.0 if mode == "dense" else kept_density(model),
+            }
+        rows.append(row)
+    model.set_attn_implementation("sparse_prefill")
     return {
-        "seq_len": seq_len,
-        "budget": "=".join(map(str, sparse_config.budget)),
-        "block_size": sparse_config.block_size,
-        "per_layer_kept_fraction": layers,
-        "mean_kept_fraction": sum(kept) / max(1, len(kept)),
-        "max_abs_diff_vs_dense": float((out - ref).abs().max()),
-        "max_abs_diff_vs_dense_at_full_density": float((full_out - ref).abs().max()),
-        "top1_agreement_vs_dense": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
-        "seconds_dense": t_dense,
-        "seconds_sparse": t_sparse,
+        "model": str(model_dir),
+        "model_class": f"{type(model).__module__}.{type(model).__name__}",
         "device": device,
+        "seq_len": seq_len,
+        "sparse_config": sparse,
+        "rows": rows,
+        "accuracy": {m: sum(r[m]["correct"] for r in rows) / len(rows) for m in ("dense", "sparse")},
+        "seconds": {m: round(sum(r[m]["seconds"] for r in rows), 2) for m in ("dense", "sparse")},
+        "mean_kept_density": _mean([r["sparse"]["kept_density"] for r in rows]),
     }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None

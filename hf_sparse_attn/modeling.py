@@ -94,6 +94,31 @@ def sparse_config_of(model: nn.Module) -> SparseAttentionConfig:
     return next(iter(found.values())).config
 
 
+ARCHITECTURE_FIELDS = ("indexer_heads", "indexer_dim", "dense_layers")
+
+
+def update_sparse_config(model: nn.Module, **changes) -> SparseAttentionConfig:
+    """Switch budget / selector / block size of the attached indexers in place (weights untouched).
+
+    A budget field given (``top_k``, ``density`` or ``top_p``) replaces the current budget rule.
+    Fields that change the indexer's weights or which layers have one raise: re-attach instead.
+    """
+    fixed = sorted(set(changes) & set(ARCHITECTURE_FIELDS))
+    if fixed:
+        raise ValueError(
+            f"{fixed} change the indexer architecture; call attach_indexer(model, config) instead"
+        )
+    current = sparse_config_of(model).to_dict()
+    if {"top_k", "density", "top_p"} & set(changes):
+        current.update(top_k=None, density=None, top_p=None, layer_top_p=None)
+    current.update(changes)
+    config = SparseAttentionConfig.from_dict(current)
+    for indexer in indexers(model).values():
+        indexer.config = config
+    model.config.sparse_attention = config.to_dict()
+    return config
+
+
 def indexer_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         f"layers.{idx}.indexer.{name}": t.detach().contiguous()

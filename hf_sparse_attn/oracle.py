@@ -37,15 +37,19 @@ def token_oracle_attention(
     top_k: int | None = None,
     top_p: float | None = None,
     groups: int = 1,
+    density: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal attention restricted to each query's head-averaged top-k / top-p token support.
+    """Causal attention restricted to each query's head-averaged top-k / top-p / density token support.
 
     Support is shared by the query heads of a group (``groups`` = 1: all heads). Returns
     (out [B, Hq, S, D], kept fraction of causal keys per query [B, groups, S]). Works in query chunks;
     the support itself is token-level, so this is a diagnostic for moderate lengths.
     """
-    if (top_k is None) == (top_p is None):
-        raise ValueError("give exactly one of top_k (tokens per query) or top_p (mass per query)")
+    if sum(x is not None for x in (top_k, top_p, density)) != 1:
+        raise ValueError(
+            "give exactly one of top_k (tokens per query), top_p (mass per query) or density "
+            "(fraction of each query's causal keys)"
+        )
     B, H, S, D = check_qk(q, k)
     Hk = k.shape[1]
     if H % groups:
@@ -65,7 +69,7 @@ def token_oracle_attention(
         logits = (logits * scale).masked_fill(~causal, float("-inf")).view(B, H, s1 - s0, s1)
         probs = torch.softmax(logits, dim=-1)
         group_probs = probs.view(B, groups, H // groups, s1 - s0, s1).mean(2)
-        support = _support(group_probs, causal, top_k, top_p)
+        support = _support(group_probs, causal, top_k, top_p, density)
         kept[:, :, s0:s1] = support.sum(-1).float() / causal.sum(-1).float()
         head_support = support.repeat_interleave(H // groups, dim=1)
         masked = logits.masked_fill(~head_support, float("-inf"))
@@ -77,11 +81,17 @@ def token_oracle_attention(
 
 
 def _support(
-    probs: torch.Tensor, causal: torch.Tensor, top_k: int | None, top_p: float | None
+    probs: torch.Tensor,
+    causal: torch.Tensor,
+    top_k: int | None,
+    top_p: float | None,
+    density: float | None,
 ) -> torch.Tensor:
     order = torch.sort(probs, dim=-1, descending=True, stable=True)
     if top_k is not None:
         count = torch.full(probs.shape[:-1], top_k, device=probs.device)
+    elif density is not None:
+        count = torch.ceil(density * causal.sum(-1).float()).long().expand(probs.shape[:-1])
     else:
         before = torch.cumsum(order.values, dim=-1) - order.values
         count = (before < top_p - 1e-6).sum(-1)

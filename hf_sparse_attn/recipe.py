@@ -46,12 +46,20 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     data.add_argument(
         "--synthetic", action="store_true", help="random tokens with planted long-range repeats"
     )
+    data.add_argument(
+        "--tasks",
+        action="store_true",
+        help="prompts of the synthetic task suite (hf_sparse_attn.eval.tasks) at --seq-len, for the proxy",
+    )
     p.add_argument("--dataset-config", default=None)
     p.add_argument("--dataset-split", default="train")
     p.add_argument("--text-column", default="text")
     p.add_argument("--num-sequences", type=int, default=None, help="cap on packed training sequences")
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--density", type=float, default=0.1, help="budget used for the logged recall")
+    p.add_argument(
+        "--min-sparse-len", type=int, default=4096, help="shortest prompt that runs sparse (saved config)"
+    )
     p.add_argument("--indexer-heads", type=int, default=1)
     p.add_argument("--indexer-dim", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -114,6 +122,16 @@ def _load(args: argparse.Namespace, family: str):
 def _dataset(args: argparse.Namespace, model, tokenizer):
     from .distill import PackedDataset, SyntheticRetrievalDataset
 
+    if args.tasks:
+        from .eval.tasks import TASKS, generate
+
+        count = args.num_sequences or args.max_steps * args.batch_size * args.grad_accum
+        names = sorted(TASKS)
+        texts = (
+            generate(names[i % len(names)], tokenizer, args.seq_len, seed=args.seed * 1_000_003 + i).prompt
+            for i in range(count * 2)
+        )
+        return PackedDataset(texts, tokenizer, args.seq_len, count)
     if args.synthetic or args.smoke or (args.dataset is None and args.text_files is None):
         if not (args.synthetic or args.smoke):
             raise ValueError("choose training data: --dataset NAME, --text-files FILES, or --synthetic")
@@ -144,6 +162,7 @@ def run(args: argparse.Namespace, family: str) -> dict:
         density=args.density,
         indexer_heads=args.indexer_heads,
         indexer_dim=args.indexer_dim,
+        min_sparse_len=args.min_sparse_len,
     )
     train_dataset = _dataset(args, model, tokenizer)
     training_args = TrainingArguments(

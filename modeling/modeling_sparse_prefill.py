@@ -232,7 +232,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONFIG_NAME = "sparse_config.json"
-SELECTORS = ("indexer", "oracle", "patterns")
+SELECTORS = ("indexer", "oracle", "patterns", "random")
 FORMAT_VERSION = 1
 
 
@@ -248,7 +248,8 @@ class SparseAttentionConfig:
 
     Selectors: ``"indexer"`` (trained), ``"oracle"`` (the dense attention's own block mass: a
     diagnostic), ``"patterns"`` (training-free vertical + slash estimate from the last
-    ``probe_queries`` queries).
+    ``probe_queries`` queries), ``"random"`` (uniform random scores, seeded per layer: the baseline that
+    shows a task needs retrieval).
     """
 
     indexer_heads: int = 1
@@ -391,15 +392,19 @@ def token_oracle_attention(
     top_k: int | None = None,
     top_p: float | None = None,
     groups: int = 1,
+    density: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal attention restricted to each query's head-averaged top-k / top-p token support.
+    """Causal attention restricted to each query's head-averaged top-k / top-p / density token support.
 
     Support is shared by the query heads of a group (``groups`` = 1: all heads). Returns
     (out [B, Hq, S, D], kept fraction of causal keys per query [B, groups, S]). Works in query chunks;
     the support itself is token-level, so this is a diagnostic for moderate lengths.
     """
-    if (top_k is None) == (top_p is None):
-        raise ValueError("give exactly one of top_k (tokens per query) or top_p (mass per query)")
+    if sum(x is not None for x in (top_k, top_p, density)) != 1:
+        raise ValueError(
+            "give exactly one of top_k (tokens per query), top_p (mass per query) or density "
+            "(fraction of each query's causal keys)"
+        )
     B, H, S, D = check_qk(q, k)
     Hk = k.shape[1]
     if H % groups:
@@ -419,7 +424,7 @@ def token_oracle_attention(
         logits = (logits * scale).masked_fill(~causal, float("-inf")).view(B, H, s1 - s0, s1)
         probs = torch.softmax(logits, dim=-1)
         group_probs = probs.view(B, groups, H // groups, s1 - s0, s1).mean(2)
-        support = _support(group_probs, causal, top_k, top_p)
+        support = _support(group_probs, causal, top_k, top_p, density)
         kept[:, :, s0:s1] = support.sum(-1).float() / causal.sum(-1).float()
         head_support = support.repeat_interleave(H // groups, dim=1)
         masked = logits.masked_fill(~head_support, float("-inf"))
@@ -431,11 +436,17 @@ def token_oracle_attention(
 
 
 def _support(
-    probs: torch.Tensor, causal: torch.Tensor, top_k: int | None, top_p: float | None
+    probs: torch.Tensor,
+    causal: torch.Tensor,
+    top_k: int | None,
+    top_p: float | None,
+    density: float | None,
 ) -> torch.Tensor:
     order = torch.sort(probs, dim=-1, descending=True, stable=True)
     if top_k is not None:
         count = torch.full(probs.shape[:-1], top_k, device=probs.device)
+    elif density is not None:
+        count = torch.ceil(density * causal.sum(-1).float()).long().expand(probs.shape[:-1])
     else:
         before = torch.cumsum(order.values, dim=-1) - order.values
         count = (before < top_p - 1e-6).sum(-1)
@@ -877,9 +888,13 @@ def dense_attention(module, query, key, value, attention_mask, **kwargs) -> tupl
 def layer_block_scores(
     module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor
 ) -> torch.Tensor:
-    """Block scores from the layer's configured selector (``"indexer"``, ``"oracle"`` or ``"patterns"``)."""
+    """Block scores from the layer's configured selector (see ``SparseAttentionConfig``)."""
     indexer = module.indexer
     cfg = indexer.config
+    if cfg.selector == "random":
+        B, nb = q.shape[0], -(-q.shape[2] // cfg.block_size)
+        g = torch.Generator(device=q.device).manual_seed(int(module.layer_idx))
+        return torch.rand(B, cfg.indexer_heads, nb, nb, generator=g, device=q.device)
     if cfg.selector == "patterns":
         return pattern_block_scores(
             q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens, cfg.probe_queries
@@ -1052,6 +1067,31 @@ def sparse_config_of(model: nn.Module) -> SparseAttentionConfig:
     if not found:
         raise ValueError("model has no indexers: call attach_indexer(model, config) first")
     return next(iter(found.values())).config
+
+
+ARCHITECTURE_FIELDS = ("indexer_heads", "indexer_dim", "dense_layers")
+
+
+def update_sparse_config(model: nn.Module, **changes) -> SparseAttentionConfig:
+    """Switch budget / selector / block size of the attached indexers in place (weights untouched).
+
+    A budget field given (``top_k``, ``density`` or ``top_p``) replaces the current budget rule.
+    Fields that change the indexer's weights or which layers have one raise: re-attach instead.
+    """
+    fixed = sorted(set(changes) & set(ARCHITECTURE_FIELDS))
+    if fixed:
+        raise ValueError(
+            f"{fixed} change the indexer architecture; call attach_indexer(model, config) instead"
+        )
+    current = sparse_config_of(model).to_dict()
+    if {"top_k", "density", "top_p"} & set(changes):
+        current.update(top_k=None, density=None, top_p=None, layer_top_p=None)
+    current.update(changes)
+    config = SparseAttentionConfig.from_dict(current)
+    for indexer in indexers(model).values():
+        indexer.config = config
+    model.config.sparse_attention = config.to_dict()
+    return config
 
 
 def indexer_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,20 +1,28 @@
-"""The README's main command, on a short sequence so the CPU suite stays fast."""
+"""The README's main command on the bundled proxy (one short prompt, so the CPU suite stays fast)."""
 
 from __future__ import annotations
 
-import json
-
 from hf_sparse_attn.cli import main
+from hf_sparse_attn.demo import run_demo
 
 
-def test_demo_prints_density_and_full_density_error(capsys):
-    assert main(["demo", "--seq-len", "512", "--block-size", "32", "--density", "0.25", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["max_abs_diff_vs_dense_at_full_density"] < 1e-4
-    assert 0.25 <= result["mean_kept_fraction"] < 0.5
-    assert len(result["per_layer_kept_fraction"]) == 4
+def test_demo_answers_through_remote_code_pipeline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run_demo(seq_len=2048, tasks=("vt",), max_new_tokens=16)
+    row = result["rows"][0]
+    assert row["dense"]["correct"], row
+    assert row["dense"]["kept_density"] == 1.0
+    assert 0.1 < row["sparse"]["kept_density"] < 0.35
+    assert result["sparse_config"]["selector"] == "indexer"
+    assert result["model_class"].endswith("modeling_sparse_prefill.SparseQwen3ForCausalLM")
 
 
-def test_demo_reports_bad_config_cleanly(capsys):
-    assert main(["demo", "--seq-len", "64", "--block-size", "48"]) == 2
-    assert "block_size must be a power of two" in capsys.readouterr().err
+def test_demo_rejects_prompts_too_short_to_go_sparse(capsys):
+    assert main(["demo", "--seq-len", "512"]) == 2
+    assert "below the model's min_sparse_len (2048)" in capsys.readouterr().err
+
+
+def test_demo_names_what_a_model_dir_lacks(tmp_path, capsys):
+    assert main(["demo", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing config.json, indexer.safetensors, modeling_sparse_prefill.py" in err

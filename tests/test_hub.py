@@ -209,10 +209,11 @@ def test_rendered_repo_files_and_card(hub):
     assert "| qwen3-8b | 128K |" in card and "$" not in card.split("---")[2][:50]
 
 
-def test_checked_in_modeling_file_is_current():
-    assert (ROOT / "modeling" / MODELING_FILE).read_text() == render_modeling_file(), (
-        'modeling/modeling_sparse_prefill.py is stale: run `python -c "from hf_sparse_attn.hub.bundle import '
-        "write_modeling_file; write_modeling_file('modeling')\"`"
+@pytest.mark.parametrize("folder", ["modeling", "hf_sparse_attn/assets/proxy-qwen3"])
+def test_checked_in_modeling_file_is_current(folder):
+    assert (ROOT / folder / MODELING_FILE).read_text() == render_modeling_file(), (
+        f'{folder}/{MODELING_FILE} is stale: run `python -c "from hf_sparse_attn.hub.bundle import '
+        f"write_modeling_file; write_modeling_file('{folder}')\"`"
     )
 
 

@@ -40,6 +40,10 @@ class TaskBuilder:
     def n_tokens(self, text: str) -> int:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Token counts of many texts in one (Rust-parallel) tokenizer call."""
+        return [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
+
     def number(self) -> str:
         return str(self.rng.randint(1_000_000, 9_999_999))
 
@@ -53,15 +57,17 @@ class TaskBuilder:
     def haystack(self, kind: str, budget: int, needle_maker: Callable[[], str] | None = None) -> list[str]:
         """Noise sentences totalling about ``budget`` tokens."""
         sentences, used = [], 0
+        if kind == "repeat":
+            per = self.n_tokens(REPEAT_NOISE)
+            return [REPEAT_NOISE] * -(-budget // per) if budget > 0 else []
+        make = self.essay_sentence if kind == "essay" else needle_maker
         while used < budget:
-            if kind == "repeat":
-                s = REPEAT_NOISE
-            elif kind == "essay":
-                s = self.essay_sentence()
-            else:
-                s = needle_maker()
-            sentences.append(s)
-            used += self.n_tokens(s)
+            batch = [make() for _ in range(max(8, (budget - used) // 12))]
+            for s, n in zip(batch, self.token_counts(batch), strict=True):
+                if used >= budget:
+                    break
+                sentences.append(s)
+                used += n
         return sentences
 
     def insert(
@@ -153,9 +159,11 @@ def common_words(
 def frequent_words(b: TaskBuilder, length: int, top: int = 3, alpha: float = 2.0) -> Sample:
     ranked = b.rng.sample(b.nouns, 200)
     weights = [1.0 / (i + 1) ** alpha for i in range(len(ranked))]
-    words = []
-    while b.n_tokens(" ".join(words)) < length - 30:
-        words += b.rng.choices(ranked, weights, k=64)
+    words, used = [], 0
+    while used < length - 30:
+        batch = b.rng.choices(ranked, weights, k=64)
+        words += batch
+        used += sum(b.token_counts(batch))
     counts = {w: words.count(w) for w in set(words)}
     answers = sorted(counts, key=lambda w: -counts[w])[:top]
     question = f"what are the {top} most frequent words in the text above ? answer :"
@@ -165,13 +173,14 @@ def frequent_words(b: TaskBuilder, length: int, top: int = 3, alpha: float = 2.0
 def qa_retrieval(b: TaskBuilder, length: int, distractors_per_doc: int = 3) -> Sample:
     """Documents of facts 'the X of T is V'; one asked, the others (same attribute) distract."""
     attr = b.rng.choice(b.nouns)
-    docs, titles, answer = [], [], None
-    while b.n_tokens(" ".join(docs)) < length - 40:
+    docs, titles, used = [], [], 0
+    while used < length - 40:
         title = b.rng.choice(b.nouns)
         value = b.word_pair()
         body = " ".join(b.essay_sentence() for _ in range(distractors_per_doc))
         docs.append(f"document title : {title} . {body} the {attr} of {title} is {value} .")
         titles.append((title, value))
+        used += b.n_tokens(docs[-1])
     title, answer = b.rng.choice(titles)
     question = f"question : what is the {attr} of {title} ? answer :"
     return Sample("qa", " ".join(docs) + " " + question, [answer])

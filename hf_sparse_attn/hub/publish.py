@@ -100,7 +100,10 @@ def render_repo(
         config["base_model"] = {"id": base_model, "revision": base_revision or "main"}
     else:
         for path in Path(model_dir).iterdir():
-            if path.suffix == ".safetensors" or path.name == "model.safetensors.index.json":
+            if path.suffix == ".safetensors" or path.name in (
+                "model.safetensors.index.json",
+                "generation_config.json",
+            ):
                 shutil.copy(path, out / path.name)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     _copy_tokenizer(Path(model_dir) if model_dir else None, base_model, base_revision, out, hub)

@@ -1,0 +1,136 @@
+"""Selection methods compared by `hf-sparse-attn eval`, each a change of the sparse config.
+
+Every sparse method runs the same path a user gets (``attn_implementation="sparse_prefill"``:
+selector -> ``select_blocks`` -> block-sparse kernel); only the token-level oracle, a diagnostic
+that is not block-sparse, runs its own attention function (``token_oracle_attention`` on the
+prefill, stock sdpa on decode steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from ..attention import ATTENTION_NAME, _is_compact, dense_attention, sparse_prefill_mask
+from ..oracle import token_oracle_attention
+from ..padding import PaddingLayout
+
+TOKEN_ORACLE_ATTENTION = "sparse_prefill_token_oracle"
+
+METHODS = {
+    "dense": "stock sdpa, no selection",
+    "token_oracle": "per query, the keys holding the most dense attention mass (token granularity)",
+    "block_oracle": "the blocks holding the most dense attention mass (selector='oracle')",
+    "indexer": "the distilled indexer, a fixed share of each query block's causal blocks (top-k)",
+    "indexer_topp": "the distilled indexer, smallest block set reaching mass p per query block (top_p)",
+    "indexer_dual_topp": "the distilled indexer, per-query top_p and per-layer layer_top_p (seed 003)",
+    "patterns": "training-free vertical + slash estimate from the last queries (selector='patterns')",
+    "streaming": "sink + local blocks only, window sized to the density (no retrieval)",
+    "random": "sink + local + uniformly random blocks at the density (selector='random')",
+}
+
+
+@dataclass
+class Method:
+    name: str
+    changes: dict = field(default_factory=dict)
+    target_density: float | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.name]
+        for key in ("density", "top_p", "layer_top_p", "block_size"):
+            if key in self.changes and not (self.name == "streaming" and key == "density"):
+                parts.append(f"{key}={self.changes[key]:g}")
+        if self.name == "streaming" and self.target_density is not None:
+            parts.append(f"density={self.target_density:g}")
+        return " ".join(parts)
+
+
+def build_methods(
+    names: list[str],
+    densities: list[float],
+    top_ps: list[float],
+    layer_top_p: float | None = None,
+    block_sizes: list[int] | None = None,
+) -> list[Method]:
+    """Expand method names over their budgets: density-budgeted ones per density, top-p ones per p."""
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown eval methods {unknown}; known: {sorted(METHODS)}")
+    out: list[Method] = []
+    for name in names:
+        for bs in block_sizes or [None]:
+            extra = {} if bs is None else {"block_size": bs}
+            if name == "dense":
+                if bs is None or bs == block_sizes[0]:
+                    out.append(Method("dense"))
+            elif name == "indexer_topp":
+                out += [Method(name, {"selector": "indexer", "top_p": p, **extra}) for p in top_ps]
+            elif name == "indexer_dual_topp":
+                if layer_top_p is None:
+                    raise ValueError("indexer_dual_topp needs --layer-top-p")
+                out += [
+                    Method(name, {"selector": "indexer", "top_p": p, "layer_top_p": layer_top_p, **extra})
+                    for p in top_ps
+                ]
+            else:
+                selector = {"block_oracle": "oracle", "patterns": "patterns", "random": "random"}.get(
+                    name, "indexer"
+                )
+                out += [Method(name, {"selector": selector, "density": d, **extra}, d) for d in densities]
+    return out
+
+
+def streaming_changes(method: Method, seq_len: int, block_size: int, sink_blocks: int) -> dict:
+    """Sink + a local window of ``density`` x blocks of the prompt: same cost, nothing retrieved."""
+    window = max(1, round(method.target_density * -(-seq_len // block_size)) - sink_blocks)
+    return {"top_k": sink_blocks + window, "local_blocks": window, "selector": "indexer"}
+
+
+def token_oracle_prefill(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Prefill: ``token_oracle_attention`` at the layer's configured density; otherwise stock sdpa."""
+    indexer = getattr(module, "indexer", None)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if (
+        indexer is None
+        or q_len != kv_len
+        or q_len < indexer.config.min_sparse_len
+        or (attention_mask is not None and not _is_compact(attention_mask, q_len))
+    ):
+        return dense_attention(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    layout = PaddingLayout.from_attention_mask(attention_mask, query)
+    q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
+    out, _ = token_oracle_attention(
+        q,
+        k,
+        v,
+        scaling if scaling is not None else query.shape[-1] ** -0.5,
+        density=indexer.config.density,
+        groups=indexer.config.indexer_heads,
+    )
+    return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def register_token_oracle() -> None:
+    AttentionInterface.register(TOKEN_ORACLE_ATTENTION, token_oracle_prefill)
+    AttentionMaskInterface.register(TOKEN_ORACLE_ATTENTION, sparse_prefill_mask)
+
+
+def attention_name(method: Method) -> str:
+    return {"dense": "sdpa", "token_oracle": TOKEN_ORACLE_ATTENTION}.get(method.name, ATTENTION_NAME)
+
+
+def selection_density(model: torch.nn.Module) -> float | None:
+    """Mean kept fraction of causal blocks over the layers' last sparse prefill (valid rows only)."""
+    from ..modeling import indexers
+
+    values = [
+        float(ix.last_selection.density().mean())
+        for ix in indexers(model).values()
+        if getattr(ix, "last_selection", None) is not None
+    ]
+    return sum(values) / len(values) if values else None

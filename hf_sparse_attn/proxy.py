@@ -1,0 +1,328 @@
+"""The proxy backbone: a small Qwen3 trained from scratch on the synthetic task suite.
+
+Qwen weights cannot be downloaded here, so quality is measured on a model that genuinely needs
+long-range attention: answering the tasks means retrieving a few needles from thousands of tokens.
+Training (``train_proxy``) feeds a seeded stream of task prompts, mixes in a pure-induction copy
+task, and grows the prompt length geometrically from 128 tokens to ``train_len``. The loss is the
+answer cross-entropy plus a down-weighted next-token loss on the prompt: the repetitive haystacks
+give that term a dense copying signal, which is what makes induction heads (and so retrieval)
+appear; trained on the answer tokens alone the model stalled at the unigram loss. (Randomized position ids, tried for length extrapolation, stopped
+retrieval from emerging at all: the previous-token heads that copying needs rely on a fixed
+offset.) The result is saved in the layout of a Hub repo (config.json, model.safetensors,
+tokenizer files, generation_config.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Qwen3Config
+
+from .eval.tasks import TASKS, Sample, TaskBuilder, generate
+
+PROXY_DIR = Path(__file__).parent / "assets" / "proxy-qwen3"
+TASK_WEIGHTS = {task: 1.0 for task in TASKS} | {"vt": 1.5, "cwe": 2.0, "fwe": 2.0, "qa": 1.5, "copy": 3.0}
+
+
+def copy_task(b: TaskBuilder, length: int) -> Sample:
+    """Training-only warm-up: a span of random words hidden in an essay; its first 3 words cue the rest.
+
+    Pure induction (find the cue, copy what followed it), the circuit every retrieval task builds on;
+    training on it from the start is what lets retrieval emerge within minutes instead of stalling
+    at the unigram loss.
+    """
+    span = [b.rng.choice(b.nouns + b.adjs) for _ in range(b.rng.randint(8, 40))]
+    return b.assemble(
+        "copy", length, "essay", [" ".join(span) + " ."], " ".join(span[:3]), [" ".join(span[3:])]
+    )
+
+
+def training_sample(task: str, tokenizer, length: int, seed: int) -> Sample:
+    if task == "copy":
+        return copy_task(TaskBuilder(tokenizer, seed), length)
+    return generate(task, tokenizer, length, seed=seed)
+
+
+def proxy_config(tokenizer, max_position_embeddings: int = 65536) -> Qwen3Config:
+    """6 layers, hidden 256, 8 query / 2 kv heads (GQA 4:1) of dim 32: about 5M parameters."""
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": 100_000.0},
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def answer_text(sample: Sample) -> str:
+    """The target completion: answers in the order they first occur in the prompt, then ``.``.
+
+    A fixed order makes the target a function of the prompt (the scorer itself is order-free).
+    """
+
+    def first(answer: str) -> int:
+        pos = sample.prompt.find(answer)
+        return pos if pos >= 0 else len(sample.prompt)
+
+    return " " + " , ".join(sorted(sample.answers, key=first)) + " ."
+
+
+def encode_example(tokenizer, sample: Sample) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): BOS + prompt + answer + EOS, loss on the answer and EOS only."""
+    prompt = [tokenizer.bos_token_id] + tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+    answer = tokenizer(answer_text(sample), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
+@dataclass
+class ProxyTrainingConfig:
+    train_len: int = 4096
+    min_len: int = 128
+    steps: int = 2400
+    tokens_per_step: int = 65536
+    learning_rate: float = 1.5e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    prompt_loss_weight: float = 0.5
+    seed: int = 0
+    task_weights: dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
+
+    time_budget_s: float | None = None
+
+    def progress(self, step: int, started: float | None = None) -> float:
+        """Fraction of training done: by steps, or by wall time when a time budget is set and binds."""
+        frac = step / max(1, self.steps)
+        if self.time_budget_s is not None and started is not None:
+            frac = max(frac, (time.time() - started) / self.time_budget_s)
+        return min(1.0, frac)
+
+    def length_at(self, progress: float, rng: random.Random) -> int:
+        """Curriculum: uniform in [min_len, cap], cap growing geometrically to train_len at 70% progress."""
+        cap = self.min_len * (self.train_len / self.min_len) ** min(1.0, progress / 0.7)
+        return rng.randint(self.min_len, max(self.min_len, int(cap)))
+
+
+class TaskBatches(torch.utils.data.IterableDataset):
+    """Seeded batches (input_ids, right-padded; labels) for each training step.
+
+    Worker ``w`` of ``n`` builds the batches of steps ``w, w + n, ...``; each step's content depends
+    only on (seed, step), so the stream is identical for any number of workers.
+    """
+
+    def __init__(self, tokenizer, config: ProxyTrainingConfig, started: float | None = None):
+        self.tok, self.cfg, self.started = tokenizer, config, started
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        length = cfg.length_at(cfg.progress(step, self.started), rng)
+        tasks, weights = zip(*cfg.task_weights.items(), strict=True)
+        rows = []
+        for i in range(max(1, cfg.tokens_per_step // length)):
+            task = rng.choices(tasks, weights)[0]
+            sample = training_sample(task, self.tok, length, seed=(cfg.seed << 40) + step * 4096 + i)
+            rows.append(encode_example(self.tok, sample))
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), self.tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for r, (x, y) in enumerate(rows):
+            ids[r, : len(x)], labels[r, : len(y)] = torch.tensor(x), torch.tensor(y)
+        return {"input_ids": ids, "labels": labels}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        for step in range(wid, self.cfg.steps, n):
+            yield self.batch(step)
+
+
+def proxy_loss(model, batch: dict[str, torch.Tensor], pad_token_id: int, prompt_weight: float):
+    """(total loss, answer loss): answer cross-entropy + ``prompt_weight`` x next-token loss on the prompt."""
+    hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state[:, :-1]
+    targets = batch["input_ids"][:, 1:]
+    is_answer = batch["labels"][:, 1:] != -100
+    is_prompt = (targets != pad_token_id) & ~is_answer
+    answer = F.cross_entropy(model.lm_head(hidden[is_answer]).float(), targets[is_answer])
+    if prompt_weight == 0:
+        return answer, answer.detach()
+    prompt = F.cross_entropy(model.lm_head(hidden[is_prompt]).float(), targets[is_prompt])
+    return answer + prompt_weight * prompt, answer.detach()
+
+
+def lr_at(cfg: ProxyTrainingConfig, step: int, progress: float) -> float:
+    """Linear warmup, then cosine to 5% of the peak over the training progress."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    return cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_proxy(
+    output_dir: str | os.PathLike,
+    config: ProxyTrainingConfig,
+    device: str = "cuda",
+    num_workers: int = 8,
+    log_every: int = 50,
+) -> dict:
+    """Train the proxy from scratch and save it in Hub layout; returns the training log summary.
+
+    With ``config.time_budget_s`` the curriculum and learning-rate schedule follow wall time when it
+    binds, and training stops at the budget (the summary records the steps reached), so a run on a
+    time-limited machine always completes its schedule and leaves a usable checkpoint.
+    """
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from .eval.vocab import build_tokenizer
+
+    torch.manual_seed(config.seed)
+    tok = build_tokenizer()
+    model_config = proxy_config(tok)
+    model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa").to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        betas=(0.9, 0.95),
+        fused=device.startswith("cuda"),
+    )
+    loader = torch.utils.data.DataLoader(
+        TaskBatches(tok, config, started=time.time()),
+        batch_size=None,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    start, started, log, window = time.perf_counter(), time.time(), [], []
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "training_log.jsonl").unlink(missing_ok=True)
+    step = 0
+    model.train()
+    for step, batch in enumerate(tqdm(loader, total=config.steps, desc="train proxy")):
+        progress = config.progress(step, started)
+        if progress >= 1.0:
+            break
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(config, step, progress)
+        with autocast:
+            loss, answer = proxy_loss(model, batch, tok.pad_token_id, config.prompt_loss_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        window.append(torch.stack([loss.detach(), answer]))
+        if (step + 1) % log_every == 0:
+            entry = {
+                "step": step + 1,
+                "loss": round(float(torch.stack(window)[:, 0].mean()), 4),
+                "answer_loss": round(float(torch.stack(window)[:, 1].mean()), 4),
+                "seq_len": int(batch["input_ids"].shape[1]),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            log.append(entry)
+            window = []
+            tqdm.write(json.dumps(entry))
+            with open(out / "training_log.jsonl", "a") as f:
+                print(json.dumps(entry), file=f)
+    else:
+        step += 1
+    model.eval()
+    model.to(torch.bfloat16).save_pretrained(out)
+    tok.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+    ).save_pretrained(out)
+    summary = {
+        "steps_done": step,
+        "config": asdict(config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.perf_counter() - start, 1),
+        "log": log,
+    }
+    with open(out / "training_summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+@torch.no_grad()
+def greedy_answers(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 40, batch_size: int = 16
+) -> list[str]:
+    """Greedy completions of BOS + prompt, batched with left padding (what `pipeline` does)."""
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    outputs = []
+    for i in range(0, len(prompts), batch_size):
+        texts = [tokenizer.bos_token + p for p in prompts[i : i + batch_size]]
+        enc = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(device)
+        gen = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+        outputs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return outputs
+
+
+def bundle_proxy(trained_dir: str | os.PathLike, out_dir: str | os.PathLike = PROXY_DIR) -> Path:
+    """Render a trained + distilled proxy directory as the package's embedded default (Hub layout).
+
+    The same ``render_repo`` as ``hf-sparse-attn publish --model-dir``: config with ``auto_map``,
+    the generated modeling file, weights, indexer, tokenizer, model card, plus the training and
+    distillation summaries that the numbers in the docs come from.
+    """
+    from .hub.publish import render_repo
+
+    trained, out = Path(trained_dir), Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    render_repo(
+        out, trained, base_model="hf-sparse-attn/proxy-qwen3", model_dir=trained, repo_name="proxy-qwen3"
+    )
+    for name in ("training_summary.json", "distill_summary.json"):
+        if (trained / name).exists():
+            shutil.copy(trained / name, out / name)
+    return out
+
+
+def load_proxy(model_dir: str | os.PathLike, device: str = "cpu"):
+    """(model, tokenizer) of a proxy directory through the installed package (Triton path on CUDA).
+
+    The directory holds a model and its indexer (``indexer.safetensors`` + ``sparse_config.json``);
+    a model without one raises with the command that makes it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .modeling import WEIGHTS_NAME, load_indexer
+
+    if not os.path.isfile(os.path.join(model_dir, WEIGHTS_NAME)):
+        raise FileNotFoundError(
+            f"{model_dir} has no {WEIGHTS_NAME}: distill one first (python recipes/distill_proxy.py "
+            f"--model {model_dir}) or pass --model a directory that has it"
+        )
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sparse_prefill")
+    load_indexer(model, model_dir)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(model_dir)

@@ -1,0 +1,29 @@
+"""Distill the indexer of the trained proxy backbone on the task suite (see `--help`).
+
+python recipes/distill_proxy.py --model proxy-qwen3 --output-dir proxy-qwen3   # on a GPU, ~1 min
+"""
+
+import sys
+
+from hf_sparse_attn.recipe import main
+
+DEFAULTS = [
+    "--tasks",
+    "--seq-len",
+    "4096",
+    "--max-steps",
+    "300",
+    "--batch-size",
+    "4",
+    "--density",
+    "0.125",
+    "--min-sparse-len",
+    "2048",
+    "--logging-steps",
+    "25",
+    "--save-steps",
+    "1000",
+]
+
+if __name__ == "__main__":
+    main("qwen3", DEFAULTS + sys.argv[1:])
