@@ -167,6 +167,27 @@ def last_selection(module: torch.nn.Module) -> BlockList | None:
     return getattr(indexer, "last_selection", None)
 
 
+def kept_density(model: torch.nn.Module) -> float | None:
+    """Mean kept fraction of causal blocks over the layers' last sparse prefill (None: none ran sparse).
+
+    Duck-typed over ``last_selection`` so it also reads a remote-code model, whose classes are a
+    generated copy of this package's.
+    """
+    values = [
+        float(m.last_selection.density().mean())
+        for m in model.modules()
+        if getattr(m, "last_selection", None) is not None
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def clear_selections(model: torch.nn.Module) -> None:
+    """Forget the layers' last block lists, so the next ``kept_density`` reads only what runs next."""
+    for m in model.modules():
+        if getattr(m, "last_selection", None) is not None:
+            m.last_selection = None
+
+
 def register() -> None:
     """Register ``"sparse_prefill"`` (attention + mask) with transformers. Idempotent."""
     AttentionInterface.register(ATTENTION_NAME, sparse_prefill_attention)

@@ -16,31 +16,12 @@ from pathlib import Path
 
 import torch
 
+from .attention import clear_selections, kept_density
 from .eval.tasks import generate, score
 from .proxy import PROXY_DIR
 
 DEMO_TASKS = ("niah_single_2", "niah_multiquery", "vt", "niah_single_3")
 DEMO_SEED = 2_000_000
-
-
-def kept_density(model: torch.nn.Module) -> float | None:
-    """Mean kept fraction of causal blocks over the layers' last sparse prefill.
-
-    Duck-typed over ``last_selection`` so it also reads a remote-code model, whose classes are a
-    generated copy of this package's.
-    """
-    values = [
-        float(m.last_selection.density().mean())
-        for m in model.modules()
-        if getattr(m, "last_selection", None) is not None
-    ]
-    return sum(values) / len(values) if values else None
-
-
-def _clear_selections(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if getattr(m, "last_selection", None) is not None:
-            m.last_selection = None
 
 
 def load_demo_pipeline(model_dir: str | os.PathLike = PROXY_DIR, device: str = "cpu"):
@@ -98,7 +79,7 @@ def run_demo(
         row = {"task": sample.task, "answers": sample.answers, "tokens": len(tok(sample.prompt)["input_ids"])}
         for mode in ("dense", "sparse"):
             model.set_attn_implementation("sdpa" if mode == "dense" else "sparse_prefill")
-            _clear_selections(model)
+            clear_selections(model)
             start = time.perf_counter()
             out = pipe(
                 tok.bos_token + sample.prompt,

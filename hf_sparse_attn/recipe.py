@@ -60,6 +60,9 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--min-sparse-len", type=int, default=4096, help="shortest prompt that runs sparse (saved config)"
     )
+    p.add_argument(
+        "--dense-tail-blocks", type=int, default=0, help="last query blocks kept dense (saved config)"
+    )
     p.add_argument("--indexer-heads", type=int, default=1)
     p.add_argument("--indexer-dim", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -163,6 +166,7 @@ def run(args: argparse.Namespace, family: str) -> dict:
         indexer_heads=args.indexer_heads,
         indexer_dim=args.indexer_dim,
         min_sparse_len=args.min_sparse_len,
+        dense_tail_blocks=args.dense_tail_blocks,
     )
     train_dataset = _dataset(args, model, tokenizer)
     training_args = TrainingArguments(

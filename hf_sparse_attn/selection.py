@@ -1,8 +1,9 @@
 """Block scores -> compact block list (counts + indices), the seam between selectors and the kernel.
 
 Rules for query block ``i`` of a sequence with ``n`` valid key blocks: only causal blocks
-``j <= i, j < n`` are candidates; sink blocks ``j < sink_blocks`` and local blocks
-``i - local_blocks < j <= i`` are always kept; the rest are ranked by score until the budget is met
+``j <= i, j < n`` are candidates; sink blocks ``j < sink_blocks``, local blocks
+``i - local_blocks < j <= i`` and every candidate of the last ``dense_tail_blocks`` query blocks
+(``i >= n - dense_tail_blocks``) are always kept; the rest are ranked by score until the budget is met
 (``top_k`` blocks, ``density`` x the causal blocks, or the smallest set reaching ``top_p`` of the
 normalized score mass, forced blocks' mass counted first). One list per selection group, shared by
 all query heads of that group.
@@ -74,7 +75,8 @@ def select_blocks(
     kb = torch.arange(nk, device=dev)[None, :]
     n_valid = (lens.long() + bs - 1) // bs
     causal = (kb <= qb)[None] & (kb[None] < n_valid[:, None, None]) & (qb[None] < n_valid[:, None, None])
-    forced = causal & ((kb < config.sink_blocks) | (kb > qb - config.local_blocks))[None]
+    tail = qb[None] >= n_valid[:, None, None] - config.dense_tail_blocks
+    forced = causal & (((kb < config.sink_blocks) | (kb > qb - config.local_blocks))[None] | tail)
     causal, forced = causal[:, None], forced[:, None]
     s = scores.float()
     prio = torch.where(forced, float("inf"), torch.where(causal, s, float("-inf")))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -41,13 +40,11 @@ class Method:
 
     @property
     def label(self) -> str:
-        parts = [self.name]
-        for key in ("density", "top_p", "layer_top_p", "block_size"):
-            if key in self.changes and not (self.name == "streaming" and key == "density"):
-                parts.append(f"{key}={self.changes[key]:g}")
+        values = dict(self.changes)
         if self.name == "streaming" and self.target_density is not None:
-            parts.append(f"density={self.target_density:g}")
-        return " ".join(parts)
+            values["density"] = self.target_density
+        keys = ("density", "top_p", "layer_top_p", "block_size")
+        return " ".join([self.name] + [f"{k}={values[k]:g}" for k in keys if k in values])
 
 
 def build_methods(
@@ -122,15 +119,3 @@ def register_token_oracle() -> None:
 
 def attention_name(method: Method) -> str:
     return {"dense": "sdpa", "token_oracle": TOKEN_ORACLE_ATTENTION}.get(method.name, ATTENTION_NAME)
-
-
-def selection_density(model: torch.nn.Module) -> float | None:
-    """Mean kept fraction of causal blocks over the layers' last sparse prefill (valid rows only)."""
-    from ..modeling import indexers
-
-    values = [
-        float(ix.last_selection.density().mean())
-        for ix in indexers(model).values()
-        if getattr(ix, "last_selection", None) is not None
-    ]
-    return sum(values) / len(values) if values else None

@@ -14,15 +14,10 @@ from pathlib import Path
 
 import torch
 
+from ..attention import clear_selections, kept_density
 from ..modeling import sparse_config_of, update_sparse_config
 from ..proxy import greedy_answers
-from .methods import (
-    Method,
-    attention_name,
-    register_token_oracle,
-    selection_density,
-    streaming_changes,
-)
+from .methods import Method, attention_name, register_token_oracle, streaming_changes
 from .tasks import TASKS, generate, score
 
 EVAL_SEED = 1_000_000
@@ -96,11 +91,10 @@ def _run(model, tokenizer, method: Method, length: int, task: str, samples, batc
         outputs += greedy_answers(
             model, tokenizer, [s.prompt for s in chunk], answer_budget(task), batch_size
         )
-        d = selection_density(model) if method.name not in ("dense", "token_oracle") else None
+        d = kept_density(model) if method.name not in ("dense", "token_oracle") else None
         if d is not None:
             densities.append(d)
-    for ix in _indexers(model):
-        ix.last_selection = None
+    clear_selections(model)
     correct = [score(o, s.answers, tokenizer) for o, s in zip(outputs, samples, strict=True)]
     if method.name == "token_oracle":
         measured = method.target_density
@@ -122,12 +116,6 @@ def _run(model, tokenizer, method: Method, length: int, task: str, samples, batc
         "example_output": outputs[0],
         "example_answers": samples[0].answers,
     }
-
-
-def _indexers(model):
-    from ..modeling import indexers
-
-    return indexers(model).values()
 
 
 def macro(rows: list[dict]) -> dict[tuple[str, int], dict]:

@@ -243,7 +243,10 @@ class SparseAttentionConfig:
     Budget: exactly one of ``top_k`` (blocks per query block), ``density`` (fraction of the causal
     blocks of each query block) or ``top_p`` (smallest set of blocks holding this share of the
     selector's mass). With none given, ``density=0.1``. Sink and local blocks are always kept on top
-    of the budget rule and count towards it. ``layer_top_p`` (with ``top_p``) adds seed 003's
+    of the budget rule and count towards it, as are all causal blocks of the last
+    ``dense_tail_blocks`` query blocks of each sequence: the prompt's final positions produce the
+    first generated token, and computing them densely costs one block row (1/n of the causal blocks
+    at n blocks; 0.1% at 128K with blocks of 64). ``layer_top_p`` (with ``top_p``) adds seed 003's
     per-layer rule: see ``selection.select_blocks``.
 
     Selectors: ``"indexer"`` (trained), ``"oracle"`` (the dense attention's own block mass: a
@@ -261,6 +264,7 @@ class SparseAttentionConfig:
     layer_top_p: float | None = None
     sink_blocks: int = 1
     local_blocks: int = 2
+    dense_tail_blocks: int = 0
     min_sparse_len: int = 4096
     dense_layers: list[int] = field(default_factory=list)
     selector: str = "indexer"
@@ -295,6 +299,7 @@ class SparseAttentionConfig:
         _check_int("probe_queries", self.probe_queries, 1, 1 << 20)
         _check_int("sink_blocks", self.sink_blocks, 0, 1 << 20)
         _check_int("local_blocks", self.local_blocks, 1, 1 << 20)
+        _check_int("dense_tail_blocks", self.dense_tail_blocks, 0, 1 << 20)
         _check_int("min_sparse_len", self.min_sparse_len, 1, 1 << 40)
         for i in self.dense_layers:
             _check_int("dense_layers[...]", i, 0, 1 << 20)
@@ -533,8 +538,9 @@ def pattern_block_scores(
 """Block scores -> compact block list (counts + indices), the seam between selectors and the kernel.
 
 Rules for query block ``i`` of a sequence with ``n`` valid key blocks: only causal blocks
-``j <= i, j < n`` are candidates; sink blocks ``j < sink_blocks`` and local blocks
-``i - local_blocks < j <= i`` are always kept; the rest are ranked by score until the budget is met
+``j <= i, j < n`` are candidates; sink blocks ``j < sink_blocks``, local blocks
+``i - local_blocks < j <= i`` and every candidate of the last ``dense_tail_blocks`` query blocks
+(``i >= n - dense_tail_blocks``) are always kept; the rest are ranked by score until the budget is met
 (``top_k`` blocks, ``density`` x the causal blocks, or the smallest set reaching ``top_p`` of the
 normalized score mass, forced blocks' mass counted first). One list per selection group, shared by
 all query heads of that group.
@@ -603,7 +609,8 @@ def select_blocks(
     kb = torch.arange(nk, device=dev)[None, :]
     n_valid = (lens.long() + bs - 1) // bs
     causal = (kb <= qb)[None] & (kb[None] < n_valid[:, None, None]) & (qb[None] < n_valid[:, None, None])
-    forced = causal & ((kb < config.sink_blocks) | (kb > qb - config.local_blocks))[None]
+    tail = qb[None] >= n_valid[:, None, None] - config.dense_tail_blocks
+    forced = causal & (((kb < config.sink_blocks) | (kb > qb - config.local_blocks))[None] | tail)
     causal, forced = causal[:, None], forced[:, None]
     s = scores.float()
     prio = torch.where(forced, float("inf"), torch.where(causal, s, float("-inf")))
@@ -969,6 +976,27 @@ def last_selection(module: torch.nn.Module) -> BlockList | None:
     """The block list the layer used in its most recent sparse prefill (None if it has not run sparse)."""
     indexer = getattr(module, "indexer", None)
     return getattr(indexer, "last_selection", None)
+
+
+def kept_density(model: torch.nn.Module) -> float | None:
+    """Mean kept fraction of causal blocks over the layers' last sparse prefill (None: none ran sparse).
+
+    Duck-typed over ``last_selection`` so it also reads a remote-code model, whose classes are a
+    generated copy of this package's.
+    """
+    values = [
+        float(m.last_selection.density().mean())
+        for m in model.modules()
+        if getattr(m, "last_selection", None) is not None
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def clear_selections(model: torch.nn.Module) -> None:
+    """Forget the layers' last block lists, so the next ``kept_density`` reads only what runs next."""
+    for m in model.modules():
+        if getattr(m, "last_selection", None) is not None:
+            m.last_selection = None
 
 
 def register() -> None:

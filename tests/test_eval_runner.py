@@ -1,0 +1,144 @@
+"""`hf-sparse-attn eval` pieces on a tiny random model with the task tokenizer: methods, runner, report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+from hf_sparse_attn import (
+    SparseAttentionConfig,
+    attach_indexer,
+    indexers,
+    select_blocks,
+    update_sparse_config,
+)
+from hf_sparse_attn.eval.methods import Method, build_methods, streaming_changes
+from hf_sparse_attn.eval.runner import evaluate, macro, write_report
+from hf_sparse_attn.eval.vocab import build_tokenizer
+from hf_sparse_attn.oracle import token_oracle_attention
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    attach_indexer(model, SparseAttentionConfig(block_size=16, density=0.25, min_sparse_len=64))
+    return model
+
+
+def test_build_methods_expands_budgets_and_rejects_unknown_names():
+    methods = build_methods(["dense", "indexer", "indexer_topp", "streaming"], [0.1, 0.2], [0.9], None, [32, 64])
+    labels = [m.label for m in methods]
+    assert labels.count("dense") == 1
+    assert "indexer density=0.1 block_size=32" in labels and "indexer_topp top_p=0.9 block_size=64" in labels
+    assert "streaming density=0.2 block_size=64" in labels
+    with pytest.raises(ValueError, match="unknown eval methods"):
+        build_methods(["bogus"], [0.1], [0.9])
+    with pytest.raises(ValueError, match="--layer-top-p"):
+        build_methods(["indexer_dual_topp"], [0.1], [0.9])
+
+
+def test_streaming_window_matches_the_density():
+    m = Method("streaming", {"selector": "indexer", "density": 0.125}, 0.125)
+    changes = streaming_changes(m, seq_len=4096, block_size=64, sink_blocks=1)
+    assert changes == {"top_k": 8, "local_blocks": 7, "selector": "indexer"}
+
+
+def test_update_sparse_config_switches_budget_in_place(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    config = update_sparse_config(tiny, top_p=0.8, selector="oracle")
+    assert config.budget == ("top_p", 0.8) and config.density is None
+    assert all(ix.config is config for ix in indexers(tiny).values())
+    assert tiny.config.sparse_attention["top_p"] == 0.8
+    with pytest.raises(ValueError, match="attach_indexer"):
+        update_sparse_config(tiny, indexer_dim=32)
+    update_sparse_config(tiny, density=0.25, selector="indexer")
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
+
+
+def test_random_selector_is_seeded_per_layer_and_meets_the_density(tiny, tok):
+    update_sparse_config(tiny, selector="random", density=0.25)
+    ids = torch.randint(5, len(tok), (1, 256), generator=torch.Generator().manual_seed(1))
+    picks = []
+    for _ in range(2):
+        with torch.no_grad():
+            tiny(ids)
+        picks.append([ix.last_selection.kv_indices.clone() for ix in indexers(tiny).values()])
+    assert all(torch.equal(a, b) for a, b in zip(*picks, strict=True))
+    assert not torch.equal(picks[0][0], picks[0][1])
+    dens = [float(ix.last_selection.density().mean()) for ix in indexers(tiny).values()]
+    assert all(0.25 <= d < 0.45 for d in dens), dens
+    update_sparse_config(tiny, selector="indexer")
+
+
+def test_token_oracle_density_keeps_ceil_share_and_is_exact_at_full_density():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 50, 8), torch.randn(1, 2, 50, 8), torch.randn(1, 2, 50, 8)
+    _, kept = token_oracle_attention(q, k, v, 8**-0.5, density=0.3, groups=2)
+    causal = torch.arange(1, 51).float()
+    expected = torch.ceil(0.3 * causal) / causal
+    torch.testing.assert_close(kept, expected.expand_as(kept), rtol=0, atol=1e-6)
+    full, _ = token_oracle_attention(q, k, v, 8**-0.5, density=1.0)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="exactly one"):
+        token_oracle_attention(q, k, v, 1.0, density=0.3, top_k=4)
+
+
+def test_dense_tail_blocks_keep_every_causal_block_of_the_last_query_rows():
+    scores = torch.rand(2, 1, 10, 10)
+    lens = torch.tensor([160, 100])  # 10 and 7 valid blocks of 16
+    cfg = SparseAttentionConfig(block_size=16, top_k=3, dense_tail_blocks=2, min_sparse_len=1)
+    dense = select_blocks(scores, cfg, lens).to_dense()[:, 0]
+    for b, n in enumerate([10, 7]):
+        for i in range(n):
+            kept = int(dense[b, i].sum())
+            assert kept == (i + 1 if i >= n - 2 else min(i + 1, 3)), (b, i, kept)
+    assert not dense[1, 7:].any()
+
+
+def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
+    methods = build_methods(
+        ["dense", "token_oracle", "block_oracle", "indexer", "streaming", "random"], [0.25, 1.0], [0.9]
+    )
+    rows = evaluate(tiny, tok, methods, [256], ["niah_single_1", "vt"], samples=2, batch_size=2, progress=False)
+    assert len(rows) == 2 * len(methods)
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["samples"] == 2 for r in rows)
+    by = {(r["label"], r["task"]): r for r in rows}
+    assert by[("dense", "vt")]["density"] == 1.0
+    for task in ("niah_single_1", "vt"):
+        full = by[("block_oracle density=1", task)]
+        assert full["density"] == pytest.approx(1.0)
+        assert full["example_output"] == by[("dense", task)]["example_output"]
+        assert 0.25 <= by[("random density=0.25", task)]["density"] < 0.6
+    summary = macro(rows)
+    assert math.isclose(summary[("dense", 256)]["accuracy"], (by[("dense", "vt")]["accuracy"] + by[("dense", "niah_single_1")]["accuracy"]) / 2)
+    assert update_sparse_config(tiny).to_dict()["density"] == 0.25  # restored after the run
+    files = write_report(rows, tmp_path, {"model": "tiny", "device": "cpu"})
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert len(data["rows"]) == len(rows)
+    md = (tmp_path / "eval.md").read_text()
+    assert "## 256 tokens" in md and "| block_oracle density=0.25 |" in md
+    assert set(files) >= {"json", "markdown"}

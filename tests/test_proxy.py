@@ -1,0 +1,113 @@
+"""The proxy backbone: training data and loss, a smoke run of the loop, and the bundled checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from hf_sparse_attn.eval.tasks import generate
+from hf_sparse_attn.eval.vocab import build_tokenizer
+from hf_sparse_attn.proxy import (
+    PROXY_DIR,
+    ProxyTrainingConfig,
+    TaskBatches,
+    answer_text,
+    encode_example,
+    load_proxy,
+    proxy_loss,
+    train_proxy,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_answer_text_orders_answers_by_first_occurrence(tok):
+    sample = generate("niah_multivalue", tok, 400, seed=3)
+    text = answer_text(sample)
+    positions = [sample.prompt.find(a) for a in text.strip(" .").split(" , ")]
+    assert positions == sorted(positions) and min(positions) >= 0
+    assert sorted(text.strip(" .").split(" , ")) == sorted(sample.answers)
+
+
+def test_encode_example_labels_only_the_answer_and_eos(tok):
+    sample = generate("qa", tok, 300, seed=1)
+    ids, labels = encode_example(tok, sample)
+    n_answer = sum(label != -100 for label in labels)
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert labels[-n_answer:] == ids[-n_answer:] and all(x == -100 for x in labels[:-n_answer])
+    assert ids[-n_answer:-1] == tok(answer_text(sample), add_special_tokens=False)["input_ids"]
+
+
+def test_task_batches_depend_only_on_seed_and_step(tok):
+    cfg = ProxyTrainingConfig(train_len=256, min_len=128, steps=4, tokens_per_step=1024)
+    a, b = TaskBatches(tok, cfg).batch(3), TaskBatches(tok, cfg).batch(3)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    assert not torch.equal(TaskBatches(tok, cfg).batch(2)["input_ids"][:1, :50], a["input_ids"][:1, :50])
+    assert a["input_ids"].numel() <= 2 * 1024 + a["input_ids"].shape[0] * 64
+
+
+def test_length_curriculum_reaches_train_len_at_70_percent():
+    import random
+
+    cfg = ProxyTrainingConfig(train_len=4096, min_len=128)
+    rng = random.Random(0)
+    assert max(cfg.length_at(0.0, rng) for _ in range(200)) == 128
+    assert max(cfg.length_at(0.35, rng) for _ in range(500)) <= int(128 * 32**0.5)
+    assert max(cfg.length_at(0.7, rng) for _ in range(2000)) > 4000
+
+
+def test_proxy_loss_is_answer_ce_plus_weighted_prompt_ce(tok):
+    from transformers import AutoModelForCausalLM
+
+    from hf_sparse_attn.proxy import proxy_config
+
+    torch.manual_seed(0)
+    cfg = proxy_config(tok)
+    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 1, 64, 64
+    cfg.layer_types = ["full_attention"]
+    model = AutoModelForCausalLM.from_config(cfg)
+    batch = TaskBatches(tok, ProxyTrainingConfig(train_len=200, min_len=150, tokens_per_step=400)).batch(0)
+    total, answer = proxy_loss(model, batch, tok.pad_token_id, 0.5)
+    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    is_answer = batch["labels"][:, 1:] != -100
+    is_prompt = (targets != tok.pad_token_id) & ~is_answer
+    ref_answer = F.cross_entropy(logits[is_answer], targets[is_answer])
+    ref_prompt = F.cross_entropy(logits[is_prompt], targets[is_prompt])
+    torch.testing.assert_close(answer, ref_answer, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(total, ref_answer + 0.5 * ref_prompt, rtol=1e-5, atol=1e-5)
+    only, _ = proxy_loss(model, batch, tok.pad_token_id, 0.0)
+    torch.testing.assert_close(only, ref_answer, rtol=1e-5, atol=1e-5)
+
+
+def test_train_proxy_smoke_writes_hub_layout(tmp_path):
+    cfg = ProxyTrainingConfig(train_len=192, min_len=128, steps=3, tokens_per_step=512, warmup_steps=1)
+    summary = train_proxy(tmp_path, cfg, device="cpu", num_workers=0, log_every=1)
+    assert summary["steps_done"] == 3
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
+    log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(e["loss"] > e["answer_loss"] > 0 for e in log)
+    with pytest.raises(FileNotFoundError, match="distill_proxy.py"):
+        load_proxy(tmp_path)
+
+
+def test_bundled_proxy_is_a_small_bf16_hub_repo_with_its_indexer():
+    files = {p.name: p.stat().st_size for p in PROXY_DIR.iterdir()}
+    assert sum(files.values()) <= 16 * 2**20
+    for name in ("config.json", "model.safetensors", "indexer.safetensors", "sparse_config.json",
+                 "modeling_sparse_prefill.py", "tokenizer.json", "README.md"):
+        assert name in files, name
+    config = json.loads((PROXY_DIR / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"].endswith("SparseQwen3ForCausalLM")
+    with safe_open(str(PROXY_DIR / "model.safetensors"), "pt") as f:
+        assert all(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+    summary = json.loads((PROXY_DIR / "training_summary.json").read_text())
+    assert summary["config"]["train_len"] == 4096
