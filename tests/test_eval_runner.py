@@ -49,7 +49,9 @@ def tiny(tok):
 
 
 def test_build_methods_expands_budgets_and_rejects_unknown_names():
-    methods = build_methods(["dense", "indexer", "indexer_topp", "streaming"], [0.1, 0.2], [0.9], None, [32, 64])
+    methods = build_methods(
+        ["dense", "indexer", "indexer_topp", "streaming"], [0.1, 0.2], [0.9], None, [32, 64]
+    )
     labels = [m.label for m in methods]
     assert labels.count("dense") == 1
     assert "indexer density=0.1 block_size=32" in labels and "indexer_topp top_p=0.9 block_size=64" in labels
@@ -123,7 +125,9 @@ def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
     methods = build_methods(
         ["dense", "token_oracle", "block_oracle", "indexer", "streaming", "random"], [0.25, 1.0], [0.9]
     )
-    rows = evaluate(tiny, tok, methods, [256], ["niah_single_1", "vt"], samples=2, batch_size=2, progress=False)
+    rows = evaluate(
+        tiny, tok, methods, [256], ["niah_single_1", "vt"], samples=2, batch_size=2, progress=False
+    )
     assert len(rows) == 2 * len(methods)
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["samples"] == 2 for r in rows)
     by = {(r["label"], r["task"]): r for r in rows}
@@ -134,7 +138,10 @@ def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
         assert full["example_output"] == by[("dense", task)]["example_output"]
         assert 0.25 <= by[("random density=0.25", task)]["density"] < 0.6
     summary = macro(rows)
-    assert math.isclose(summary[("dense", 256)]["accuracy"], (by[("dense", "vt")]["accuracy"] + by[("dense", "niah_single_1")]["accuracy"]) / 2)
+    assert math.isclose(
+        summary[("dense", 256)]["accuracy"],
+        (by[("dense", "vt")]["accuracy"] + by[("dense", "niah_single_1")]["accuracy"]) / 2,
+    )
     assert update_sparse_config(tiny).to_dict()["density"] == 0.25  # restored after the run
     files = write_report(rows, tmp_path, {"model": "tiny", "device": "cpu"})
     data = json.loads((tmp_path / "eval.json").read_text())

@@ -102,8 +102,15 @@ def test_train_proxy_smoke_writes_hub_layout(tmp_path):
 def test_bundled_proxy_is_a_small_bf16_hub_repo_with_its_indexer():
     files = {p.name: p.stat().st_size for p in PROXY_DIR.iterdir()}
     assert sum(files.values()) <= 16 * 2**20
-    for name in ("config.json", "model.safetensors", "indexer.safetensors", "sparse_config.json",
-                 "modeling_sparse_prefill.py", "tokenizer.json", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "indexer.safetensors",
+        "sparse_config.json",
+        "modeling_sparse_prefill.py",
+        "tokenizer.json",
+        "README.md",
+    ):
         assert name in files, name
     config = json.loads((PROXY_DIR / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].endswith("SparseQwen3ForCausalLM")
