@@ -32,7 +32,7 @@ from .ops import block_sparse_attention
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
 from .patterns import pattern_block_scores
-from .selection import BlockList, select_blocks
+from .selection import BlockList, select_blocks, with_dense_groups
 
 ATTENTION_NAME = "sparse_prefill"
 logger = logging.getLogger("hf_sparse_attn")
@@ -154,6 +154,9 @@ def sparse_prefill_attention(
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
+    dense_heads = [h for layer, h in indexer.config.retrieval_heads if layer == module.layer_idx]
+    if dense_heads:
+        blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     indexer.last_selection = blocks
     out, _ = block_sparse_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens

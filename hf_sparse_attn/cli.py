@@ -165,18 +165,27 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from .eval.methods import build_methods
-    from .eval.runner import evaluate, macro, write_report
+    from .eval.runner import calibration_prompts, evaluate, macro, write_report
     from .proxy import PROXY_DIR, load_proxy
+    from .retrieval_heads import find_retrieval_heads
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_dir = args.model or str(PROXY_DIR)
     model, tok = load_proxy(model_dir, device)
+    names = args.methods.split(",")
+    heads = None
+    if "retrieval_heads" in names:
+        prompts = calibration_prompts(tok, min(_ints(args.lengths)))
+        heads, mass = find_retrieval_heads(model, prompts, args.retrieval_heads)
+        print(f"retrieval heads ([layer, kv head], most long-range mass on {len(prompts)} prompts): {heads}")
+        print("long-range mass per layer x kv head:", [[round(float(x), 3) for x in row] for row in mass])
     methods = build_methods(
         args.methods.split(","),
         _floats(args.densities),
         _floats(args.top_ps),
         layer_top_p=args.layer_top_p,
         block_sizes=_ints(args.block_sizes) if args.block_sizes else None,
+        retrieval_heads=heads,
     )
     tasks = None if args.tasks == "all" else args.tasks.split(",")
     rows = evaluate(model, tok, methods, _ints(args.lengths), tasks, args.samples, args.batch_size)
@@ -185,6 +194,7 @@ def _eval(args: argparse.Namespace) -> int:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "samples_per_task": args.samples,
         "lengths": args.lengths,
+        **({"retrieval_heads": heads} if heads else {}),
     }
     paths = write_report(rows, args.out, meta)
     for (label, length), s in macro(rows).items():
@@ -283,11 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         default="dense,token_oracle,block_oracle,indexer,indexer_topp,patterns,streaming,random",
         help="comma list of: dense, token_oracle, block_oracle, indexer, indexer_topp, indexer_dual_topp, "
-        "patterns, streaming, random",
+        "retrieval_heads, patterns, streaming, random",
     )
     ev.add_argument("--densities", default="0.125", help="budgets of the density-based methods")
     ev.add_argument("--top-ps", default="0.9", help="budgets of the top-p methods")
     ev.add_argument("--layer-top-p", type=float, default=None, help="per-layer p of indexer_dual_topp")
+    ev.add_argument(
+        "--retrieval-heads", type=int, default=2, help="kv heads kept dense by the retrieval_heads method"
+    )
     ev.add_argument("--block-sizes", default=None, help="comma list to sweep block sizes (default: model's)")
     ev.add_argument("--lengths", default="4096,8192,16384", help="prompt lengths in tokens")
     ev.add_argument("--tasks", default="all")

@@ -30,6 +30,10 @@ class SparseAttentionConfig:
     diagnostic), ``"patterns"`` (training-free vertical + slash estimate from the last
     ``probe_queries`` queries), ``"random"`` (uniform random scores, seeded per layer: the baseline that
     shows a task needs retrieval).
+
+    ``retrieval_heads`` (seed 001): ``[layer, kv_head]`` pairs whose kv group attends to every causal
+    block while the layer's other heads go sparse, in the same kernel launch; found on calibration
+    prompts by ``retrieval_heads.find_retrieval_heads``.
     """
 
     indexer_heads: int = 1
@@ -44,6 +48,7 @@ class SparseAttentionConfig:
     dense_tail_blocks: int = 0
     min_sparse_len: int = 4096
     dense_layers: list[int] = field(default_factory=list)
+    retrieval_heads: list[list[int]] = field(default_factory=list)
     selector: str = "indexer"
     probe_queries: int = 64
 
@@ -51,6 +56,13 @@ class SparseAttentionConfig:
         if self.top_k is None and self.density is None and self.top_p is None:
             self.density = 0.1
         self.dense_layers = sorted({int(i) for i in self.dense_layers})
+        try:
+            self.retrieval_heads = sorted({(int(layer), int(head)) for layer, head in self.retrieval_heads})
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"retrieval_heads must be [layer, kv_head] pairs, got {self.retrieval_heads!r}"
+            ) from err
+        self.retrieval_heads = [list(pair) for pair in self.retrieval_heads]
         self.validate()
 
     def validate(self) -> None:
@@ -80,6 +92,9 @@ class SparseAttentionConfig:
         _check_int("min_sparse_len", self.min_sparse_len, 1, 1 << 40)
         for i in self.dense_layers:
             _check_int("dense_layers[...]", i, 0, 1 << 20)
+        for layer, head in self.retrieval_heads:
+            _check_int("retrieval_heads[...][0] (layer)", layer, 0, 1 << 20)
+            _check_int("retrieval_heads[...][1] (kv head)", head, 0, 1 << 20)
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
 

@@ -126,3 +126,36 @@ def _top_p_count(mass: torch.Tensor, order: torch.Tensor, p: float, n_cand: torc
     before = torch.cumsum(sorted_mass, dim=-1) - sorted_mass
     count = (before < p - 1e-6).sum(-1)
     return torch.where(total[..., 0] > 0, count, n_cand)
+
+
+def with_dense_groups(blocks: BlockList, dense_groups: list[int], num_groups: int) -> BlockList:
+    """Re-express ``blocks`` over ``num_groups`` groups (one per kv head) with ``dense_groups`` on
+    every causal block: retrieval heads stay full while the others keep their selection, in one list.
+
+    Group ``j`` of the result inherits selection group ``j // (num_groups // G)``, so ``num_groups``
+    must be a multiple of the selection's ``G`` groups.
+    """
+    B, G, nq, _ = blocks.kv_indices.shape
+    if num_groups % G:
+        raise ValueError(
+            f"retrieval heads need the kv heads ({num_groups}) to be a multiple of indexer_heads ({G}); "
+            "use an indexer with indexer_heads dividing the kv heads"
+        )
+    bad = [g for g in dense_groups if not 0 <= g < num_groups]
+    if bad:
+        raise ValueError(f"retrieval_heads name kv heads {bad}, but the layer has {num_groups} kv heads")
+    rep = num_groups // G
+    counts = blocks.kv_num_blocks.repeat_interleave(rep, dim=1)
+    causal = causal_block_counts(blocks.seq_lens, blocks.block_size, nq).to(counts.dtype)
+    dense = torch.zeros(num_groups, dtype=torch.bool, device=counts.device)
+    dense[dense_groups] = True
+    counts = torch.where(dense[None, :, None], causal[:, None, :], counts)
+    width = max(1, int(counts.max()))
+    indices = blocks.kv_indices.repeat_interleave(rep, dim=1)
+    pad = width - indices.shape[-1]
+    if pad > 0:
+        indices = torch.nn.functional.pad(indices, (0, pad))
+    full = torch.arange(width, device=counts.device, dtype=indices.dtype).expand(B, num_groups, nq, width)
+    used = torch.arange(width, device=counts.device) < counts[..., None]
+    indices = torch.where(dense[None, :, None, None], torch.where(used, full, 0), indices[..., :width])
+    return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)

@@ -93,3 +93,75 @@ def test_config_validates_new_fields():
         SparseAttentionConfig(probe_queries=0)
     cfg = SparseAttentionConfig(top_p=0.9, layer_top_p=0.8, selector="patterns")
     assert SparseAttentionConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_with_dense_groups_keeps_retrieval_heads_full_and_others_unchanged():
+    from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
+    from hf_sparse_attn.selection import with_dense_groups
+
+    torch.manual_seed(0)
+    cfg = SparseAttentionConfig(block_size=16, top_k=2, local_blocks=1, min_sparse_len=1)
+    lens = torch.tensor([100, 70])
+    blocks = select_blocks(torch.rand(2, 1, 7, 7), cfg, lens)
+    mixed = with_dense_groups(blocks, [1], num_groups=2)
+    dense = mixed.to_dense()
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    valid = [7, 5]
+    for b, n in enumerate(valid):
+        assert torch.equal(dense[b, 1, :n, :n], causal[:n, :n])
+        assert torch.equal(dense[b, 0], blocks.to_dense()[b, 0])
+    q, k, v = torch.randn(2, 4, 100, 8), torch.randn(2, 2, 100, 8), torch.randn(2, 2, 100, 8)
+    out, _ = block_sparse_attention(q, k, v, mixed.kv_num_blocks, mixed.kv_indices, 16, 0.3, lens)
+    sparse, _ = block_sparse_attention(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, 16, 0.3, lens)
+    full = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, scale=0.3, enable_gqa=True
+    )
+    torch.testing.assert_close(out[:, :2], sparse[:, :2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0, 2:], full[0, 2:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1, 2:, :70], full[1, 2:, :70], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of indexer_heads"):
+        with_dense_groups(select_blocks(torch.rand(1, 2, 7, 7), cfg), [0], num_groups=3)
+    with pytest.raises(ValueError, match="has 2 kv heads"):
+        with_dense_groups(blocks, [2], num_groups=2)
+
+
+def test_all_retrieval_heads_make_the_sparse_model_dense():
+    config = qwen3_config()
+    dense = build(config)
+    ids = torch.randint(0, VOCAB, (2, 96), generator=torch.Generator().manual_seed(0))
+    every = [
+        [layer, h] for layer in range(config.num_hidden_layers) for h in range(config.num_key_value_heads)
+    ]
+    sparse = attach_indexer(
+        build(config, attn="sparse_prefill"),
+        SparseAttentionConfig(
+            block_size=16, top_k=1, local_blocks=1, min_sparse_len=1, retrieval_heads=every
+        ),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-4)
+        assert all(float(ix.last_selection.density().min()) == 1.0 for ix in indexers(sparse).values())
+
+
+def test_find_retrieval_heads_scores_long_range_mass():
+    from hf_sparse_attn import update_sparse_config
+    from hf_sparse_attn.retrieval_heads import find_retrieval_heads, long_range_mass
+
+    config = qwen3_config()
+    model = attach_indexer(
+        build(config, attn="sparse_prefill"), SparseAttentionConfig(block_size=16, min_sparse_len=1)
+    )
+    prompts = [
+        torch.randint(0, VOCAB, (1, 128), generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
+    heads, mass = find_retrieval_heads(model, prompts, count=3)
+    assert mass.shape == (2, 2) and bool(((mass > 0) & (mass < 1)).all())
+    ranked = sorted(((float(mass[i, h]), [i, h]) for i in range(2) for h in range(2)), reverse=True)
+    assert heads == sorted(pair for _, pair in ranked[:3])
+    update_sparse_config(model, local_blocks=8)
+    assert float(long_range_mass(model, prompts).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="count must be in"):
+        find_retrieval_heads(model, prompts, count=5)
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match="sparse_prefill path"):
+        long_range_mass(model, prompts)

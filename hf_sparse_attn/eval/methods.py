@@ -26,6 +26,7 @@ METHODS = {
     "indexer": "the distilled indexer, a fixed share of each query block's causal blocks (top-k)",
     "indexer_topp": "the distilled indexer, smallest block set reaching mass p per query block (top_p)",
     "indexer_dual_topp": "the distilled indexer, per-query top_p and per-layer layer_top_p (seed 003)",
+    "retrieval_heads": "the distilled indexer (density) with the calibrated retrieval kv heads kept dense",
     "patterns": "training-free vertical + slash estimate from the last queries (selector='patterns')",
     "streaming": "sink + local blocks only, window sized to the density (no retrieval)",
     "random": "sink + local + uniformly random blocks at the density (selector='random')",
@@ -53,6 +54,7 @@ def build_methods(
     top_ps: list[float],
     layer_top_p: float | None = None,
     block_sizes: list[int] | None = None,
+    retrieval_heads: list[list[int]] | None = None,
 ) -> list[Method]:
     """Expand method names over their budgets: density-budgeted ones per density, top-p ones per p."""
     unknown = sorted(set(names) - set(METHODS))
@@ -73,6 +75,19 @@ def build_methods(
                 out += [
                     Method(name, {"selector": "indexer", "top_p": p, "layer_top_p": layer_top_p, **extra})
                     for p in top_ps
+                ]
+            elif name == "retrieval_heads":
+                if not retrieval_heads:
+                    raise ValueError(
+                        "the retrieval_heads method needs calibrated heads (--retrieval-heads N > 0)"
+                    )
+                out += [
+                    Method(
+                        name,
+                        {"selector": "indexer", "density": d, "retrieval_heads": retrieval_heads, **extra},
+                        d,
+                    )
+                    for d in densities
                 ]
             else:
                 selector = {"block_oracle": "oracle", "patterns": "patterns", "random": "random"}.get(

@@ -21,6 +21,20 @@ from .methods import Method, attention_name, register_token_oracle, streaming_ch
 from .tasks import TASKS, generate, score
 
 EVAL_SEED = 1_000_000
+CALIBRATION_SEED = 3_000_000
+
+
+def calibration_prompts(
+    tokenizer, length: int, per_task: int = 1, tasks: list[str] | None = None
+) -> list[torch.Tensor]:
+    """[1, S] token ids (BOS + prompt) of every task, seeded apart from the eval prompts."""
+    out = []
+    for task in tasks or list(TASKS):
+        for i in range(per_task):
+            sample = generate(task, tokenizer, length, seed=CALIBRATION_SEED + 7919 * i)
+            ids = [tokenizer.bos_token_id] + tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+            out.append(torch.tensor([ids]))
+    return out
 
 
 def answer_budget(task: str) -> int:

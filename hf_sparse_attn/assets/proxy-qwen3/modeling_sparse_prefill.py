@@ -253,6 +253,10 @@ class SparseAttentionConfig:
     diagnostic), ``"patterns"`` (training-free vertical + slash estimate from the last
     ``probe_queries`` queries), ``"random"`` (uniform random scores, seeded per layer: the baseline that
     shows a task needs retrieval).
+
+    ``retrieval_heads`` (seed 001): ``[layer, kv_head]`` pairs whose kv group attends to every causal
+    block while the layer's other heads go sparse, in the same kernel launch; found on calibration
+    prompts by ``retrieval_heads.find_retrieval_heads``.
     """
 
     indexer_heads: int = 1
@@ -267,6 +271,7 @@ class SparseAttentionConfig:
     dense_tail_blocks: int = 0
     min_sparse_len: int = 4096
     dense_layers: list[int] = field(default_factory=list)
+    retrieval_heads: list[list[int]] = field(default_factory=list)
     selector: str = "indexer"
     probe_queries: int = 64
 
@@ -274,6 +279,13 @@ class SparseAttentionConfig:
         if self.top_k is None and self.density is None and self.top_p is None:
             self.density = 0.1
         self.dense_layers = sorted({int(i) for i in self.dense_layers})
+        try:
+            self.retrieval_heads = sorted({(int(layer), int(head)) for layer, head in self.retrieval_heads})
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"retrieval_heads must be [layer, kv_head] pairs, got {self.retrieval_heads!r}"
+            ) from err
+        self.retrieval_heads = [list(pair) for pair in self.retrieval_heads]
         self.validate()
 
     def validate(self) -> None:
@@ -303,6 +315,9 @@ class SparseAttentionConfig:
         _check_int("min_sparse_len", self.min_sparse_len, 1, 1 << 40)
         for i in self.dense_layers:
             _check_int("dense_layers[...]", i, 0, 1 << 20)
+        for layer, head in self.retrieval_heads:
+            _check_int("retrieval_heads[...][0] (layer)", layer, 0, 1 << 20)
+            _check_int("retrieval_heads[...][1] (kv head)", head, 0, 1 << 20)
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
 
@@ -661,6 +676,39 @@ def _top_p_count(mass: torch.Tensor, order: torch.Tensor, p: float, n_cand: torc
     count = (before < p - 1e-6).sum(-1)
     return torch.where(total[..., 0] > 0, count, n_cand)
 
+
+def with_dense_groups(blocks: BlockList, dense_groups: list[int], num_groups: int) -> BlockList:
+    """Re-express ``blocks`` over ``num_groups`` groups (one per kv head) with ``dense_groups`` on
+    every causal block: retrieval heads stay full while the others keep their selection, in one list.
+
+    Group ``j`` of the result inherits selection group ``j // (num_groups // G)``, so ``num_groups``
+    must be a multiple of the selection's ``G`` groups.
+    """
+    B, G, nq, _ = blocks.kv_indices.shape
+    if num_groups % G:
+        raise ValueError(
+            f"retrieval heads need the kv heads ({num_groups}) to be a multiple of indexer_heads ({G}); "
+            "use an indexer with indexer_heads dividing the kv heads"
+        )
+    bad = [g for g in dense_groups if not 0 <= g < num_groups]
+    if bad:
+        raise ValueError(f"retrieval_heads name kv heads {bad}, but the layer has {num_groups} kv heads")
+    rep = num_groups // G
+    counts = blocks.kv_num_blocks.repeat_interleave(rep, dim=1)
+    causal = causal_block_counts(blocks.seq_lens, blocks.block_size, nq).to(counts.dtype)
+    dense = torch.zeros(num_groups, dtype=torch.bool, device=counts.device)
+    dense[dense_groups] = True
+    counts = torch.where(dense[None, :, None], causal[:, None, :], counts)
+    width = max(1, int(counts.max()))
+    indices = blocks.kv_indices.repeat_interleave(rep, dim=1)
+    pad = width - indices.shape[-1]
+    if pad > 0:
+        indices = torch.nn.functional.pad(indices, (0, pad))
+    full = torch.arange(width, device=counts.device, dtype=indices.dtype).expand(B, num_groups, nq, width)
+    used = torch.arange(width, device=counts.device) < counts[..., None]
+    indices = torch.where(dense[None, :, None, None], torch.where(used, full, 0), indices[..., :width])
+    return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)
+
 # ---- hf_sparse_attn/padding.py ----
 """Left padding -> right padding, so block boundaries sit where they would for each sequence alone.
 
@@ -965,6 +1013,9 @@ def sparse_prefill_attention(
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
+    dense_heads = [h for layer, h in indexer.config.retrieval_heads if layer == module.layer_idx]
+    if dense_heads:
+        blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     indexer.last_selection = blocks
     out, _ = block_sparse_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
