@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.distributed.nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import (
@@ -28,6 +29,7 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
+from .indexer import tensor_parallel_rank
 from .ops import block_sparse_attention
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
@@ -91,13 +93,19 @@ def layer_block_scores(
         B, nb = q.shape[0], -(-q.shape[2] // cfg.block_size)
         g = torch.Generator(device=q.device).manual_seed(int(module.layer_idx))
         return torch.rand(B, cfg.indexer_heads, nb, nb, generator=g, device=q.device)
+    if cfg.selector == "indexer":
+        return indexer.block_scores(q, k, seq_lens)
     if cfg.selector == "patterns":
-        return pattern_block_scores(
+        scores = pattern_block_scores(
             q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens, cfg.probe_queries
         )
-    if cfg.selector == "oracle":
-        return oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
-    return indexer.block_scores(q, k, seq_lens)
+    else:
+        scores = oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
+    shards = indexer.num_heads // q.shape[1]
+    if shards > 1:  # tensor parallel: head means over the local heads -> the mean over all heads
+        tensor_parallel_rank(shards, cfg.indexer_heads)
+        scores = torch.distributed.nn.functional.all_reduce(scores) / shards
+    return scores
 
 
 def sparse_prefill_attention(
@@ -155,6 +163,10 @@ def sparse_prefill_attention(
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
     dense_heads = [h for layer, h in indexer.config.retrieval_heads if layer == module.layer_idx]
+    if dense_heads and k.shape[1] != indexer.num_kv_heads:
+        raise NotImplementedError(
+            "retrieval_heads under tensor parallelism (sharded kv heads) is not supported"
+        )
     if dense_heads:
         blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     indexer.last_selection = blocks

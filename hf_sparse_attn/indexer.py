@@ -10,10 +10,38 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed.nn
 from torch import nn
 
 from .config import SparseAttentionConfig
 from .ops import pooled_attention_mass
+
+
+def tensor_parallel_rank(shards: int, indexer_heads: int = 1) -> int:
+    """This rank's head shard when the layer hands the attention 1/``shards`` of its heads.
+
+    Tensor parallelism (``tp_plan="auto"`` under torchrun) shards q/k/v heads over all ranks in rank
+    order; the indexer weights stay replicated. Each rank projects its local heads and an all-reduce
+    sums the partial projections, so every rank gets the full projection, the same scores and the
+    same block list; the kernel then runs on the local heads.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"the layer passed 1/{shards} of its heads but torch.distributed is not initialized: tensor "
+            "parallel sparse prefill runs under torchrun with tp_plan='auto'"
+        )
+    if dist.get_world_size() != shards:
+        raise NotImplementedError(
+            f"heads are split {shards} ways over {dist.get_world_size()} ranks: only pure tensor parallelism "
+            "over all ranks is supported"
+        )
+    if indexer_heads != 1:
+        raise NotImplementedError(
+            f"tensor parallel sparse prefill needs the head-collapsed indexer (indexer_heads=1), got {indexer_heads}"
+        )
+    return dist.get_rank()
 
 
 class Indexer(nn.Module):
@@ -73,9 +101,15 @@ class Indexer(nn.Module):
     def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         G, d = self.config.indexer_heads, self.config.indexer_dim
         B, H, S, D = x.shape
-        per_head = weight.view(G * d, H, D).permute(1, 2, 0)
-        y = torch.matmul(x.to(weight.dtype), per_head).sum(1, dtype=torch.float32).to(weight.dtype)
-        return y.view(B, S, G, d).transpose(1, 2)
+        total = weight.shape[1] // D
+        per_head = weight.view(G * d, total, D).permute(1, 2, 0)
+        shards = total // H
+        if shards > 1:
+            per_head = per_head.narrow(0, tensor_parallel_rank(shards, G) * H, H)
+        y = torch.matmul(x.to(weight.dtype), per_head).sum(1, dtype=torch.float32)
+        if shards > 1:
+            y = torch.distributed.nn.functional.all_reduce(y)
+        return y.to(weight.dtype).view(B, S, G, d).transpose(1, 2)
 
     def block_scores(
         self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor | None = None

@@ -52,3 +52,38 @@ def test_two_rank_ddp_matches_single_process_at_same_global_batch(tmp_path):
     assert {"indexer.safetensors", "sparse_config.json"} <= {
         p.name for p in (tmp_path / "two" / "checkpoint-4").iterdir()
     }
+
+
+@pytest.mark.parametrize("selector", ["indexer", "oracle", "patterns"])
+def test_tensor_parallel_heads_get_the_unsharded_block_list_and_output(tmp_path, selector):
+    """2 ranks, each with half the q / kv heads (what tp_plan="auto" hands the attention)."""
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / "tp_worker.py"),
+            selector,
+        ],
+        tmp_path,
+    )
+    assert result["same_lists_on_all_ranks"] and result["same_as_unsharded"], result
+    assert result["max_diff"] < 1e-5, result
+
+
+def test_sharded_heads_without_torch_distributed_raise():
+    import torch
+    from conftest import build, qwen3_config
+
+    from hf_sparse_attn import SparseAttentionConfig, attach_indexer
+    from hf_sparse_attn.attention import sparse_prefill_attention
+
+    model = attach_indexer(
+        build(qwen3_config(), attn="sparse_prefill"), SparseAttentionConfig(min_sparse_len=1)
+    )
+    q, k = torch.randn(1, 4, 64, 16), torch.randn(1, 1, 64, 16)
+    with pytest.raises(ValueError, match="torch.distributed is not initialized"):
+        sparse_prefill_attention(model.model.layers[0].self_attn, q, k, k, None)

@@ -780,8 +780,36 @@ mass the teacher computes from the dense attention, which makes KL distillation 
 import math
 
 import torch
+import torch.distributed.nn
 from torch import nn
 
+
+
+def tensor_parallel_rank(shards: int, indexer_heads: int = 1) -> int:
+    """This rank's head shard when the layer hands the attention 1/``shards`` of its heads.
+
+    Tensor parallelism (``tp_plan="auto"`` under torchrun) shards q/k/v heads over all ranks in rank
+    order; the indexer weights stay replicated. Each rank projects its local heads and an all-reduce
+    sums the partial projections, so every rank gets the full projection, the same scores and the
+    same block list; the kernel then runs on the local heads.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"the layer passed 1/{shards} of its heads but torch.distributed is not initialized: tensor "
+            "parallel sparse prefill runs under torchrun with tp_plan='auto'"
+        )
+    if dist.get_world_size() != shards:
+        raise NotImplementedError(
+            f"heads are split {shards} ways over {dist.get_world_size()} ranks: only pure tensor parallelism "
+            "over all ranks is supported"
+        )
+    if indexer_heads != 1:
+        raise NotImplementedError(
+            f"tensor parallel sparse prefill needs the head-collapsed indexer (indexer_heads=1), got {indexer_heads}"
+        )
+    return dist.get_rank()
 
 
 class Indexer(nn.Module):
@@ -841,9 +869,15 @@ class Indexer(nn.Module):
     def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         G, d = self.config.indexer_heads, self.config.indexer_dim
         B, H, S, D = x.shape
-        per_head = weight.view(G * d, H, D).permute(1, 2, 0)
-        y = torch.matmul(x.to(weight.dtype), per_head).sum(1, dtype=torch.float32).to(weight.dtype)
-        return y.view(B, S, G, d).transpose(1, 2)
+        total = weight.shape[1] // D
+        per_head = weight.view(G * d, total, D).permute(1, 2, 0)
+        shards = total // H
+        if shards > 1:
+            per_head = per_head.narrow(0, tensor_parallel_rank(shards, G) * H, H)
+        y = torch.matmul(x.to(weight.dtype), per_head).sum(1, dtype=torch.float32)
+        if shards > 1:
+            y = torch.distributed.nn.functional.all_reduce(y)
+        return y.to(weight.dtype).view(B, S, G, d).transpose(1, 2)
 
     def block_scores(
         self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor | None = None
@@ -883,6 +917,7 @@ The mask function returns ``None`` (causal, no padding) or, for padded prefills,
 import logging
 
 import torch
+import torch.distributed.nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import (
@@ -950,13 +985,19 @@ def layer_block_scores(
         B, nb = q.shape[0], -(-q.shape[2] // cfg.block_size)
         g = torch.Generator(device=q.device).manual_seed(int(module.layer_idx))
         return torch.rand(B, cfg.indexer_heads, nb, nb, generator=g, device=q.device)
+    if cfg.selector == "indexer":
+        return indexer.block_scores(q, k, seq_lens)
     if cfg.selector == "patterns":
-        return pattern_block_scores(
+        scores = pattern_block_scores(
             q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens, cfg.probe_queries
         )
-    if cfg.selector == "oracle":
-        return oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
-    return indexer.block_scores(q, k, seq_lens)
+    else:
+        scores = oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
+    shards = indexer.num_heads // q.shape[1]
+    if shards > 1:  # tensor parallel: head means over the local heads -> the mean over all heads
+        tensor_parallel_rank(shards, cfg.indexer_heads)
+        scores = torch.distributed.nn.functional.all_reduce(scores) / shards
+    return scores
 
 
 def sparse_prefill_attention(
@@ -1014,6 +1055,10 @@ def sparse_prefill_attention(
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
     dense_heads = [h for layer, h in indexer.config.retrieval_heads if layer == module.layer_idx]
+    if dense_heads and k.shape[1] != indexer.num_kv_heads:
+        raise NotImplementedError(
+            "retrieval_heads under tensor parallelism (sharded kv heads) is not supported"
+        )
     if dense_heads:
         blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     indexer.last_selection = blocks
