@@ -33,8 +33,8 @@ from .indexer import tensor_parallel_rank
 from .ops import block_sparse_attention
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
-from .patterns import pattern_block_scores
-from .selection import BlockList, select_blocks, with_dense_groups
+from .patterns import pattern_block_scores, row_probe_mass
+from .selection import BlockList, select_blocks, with_dense_groups, with_dense_rows
 
 ATTENTION_NAME = "sparse_prefill"
 logger = logging.getLogger("hf_sparse_attn")
@@ -162,6 +162,8 @@ def sparse_prefill_attention(
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
+    if indexer.config.horizontal_threshold is not None:
+        blocks = with_dense_rows(blocks, _horizontal_rows(module, q, k, blocks))
     dense_heads = [h for layer, h in indexer.config.retrieval_heads if layer == module.layer_idx]
     if dense_heads and k.shape[1] != indexer.num_kv_heads:
         raise NotImplementedError(
@@ -174,6 +176,23 @@ def sparse_prefill_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def _horizontal_rows(
+    module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, blocks: BlockList
+) -> torch.Tensor:
+    """Query blocks whose probe query keeps less than ``horizontal_threshold`` of its mass: [B, G, nQ]."""
+    cfg = module.indexer.config
+    probe = row_probe_mass(
+        q, k, cfg.block_size, module.scaling, blocks.kv_num_blocks.shape[1], blocks.seq_lens
+    )
+    shards = module.indexer.num_heads // q.shape[1]
+    if shards > 1:
+        tensor_parallel_rank(shards, cfg.indexer_heads)
+        probe = torch.distributed.nn.functional.all_reduce(probe) / shards
+    kept = (probe * blocks.to_dense()).sum(-1)
+    valid = blocks.kv_num_blocks > 0
+    return valid & (kept < cfg.horizontal_threshold)
 
 
 def last_selection(module: torch.nn.Module) -> BlockList | None:

@@ -186,6 +186,7 @@ def _eval(args: argparse.Namespace) -> int:
         layer_top_p=args.layer_top_p,
         block_sizes=_ints(args.block_sizes) if args.block_sizes else None,
         retrieval_heads=heads,
+        horizontal_threshold=args.horizontal_threshold,
     )
     tasks = None if args.tasks == "all" else args.tasks.split(",")
     rows = evaluate(model, tok, methods, _ints(args.lengths), tasks, args.samples, args.batch_size)
@@ -293,13 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         default="dense,token_oracle,block_oracle,indexer,indexer_topp,patterns,streaming,random",
         help="comma list of: dense, token_oracle, block_oracle, indexer, indexer_topp, indexer_dual_topp, "
-        "retrieval_heads, patterns, streaming, random",
+        "retrieval_heads, patterns, patterns_horizontal, streaming, random",
     )
     ev.add_argument("--densities", default="0.125", help="budgets of the density-based methods")
     ev.add_argument("--top-ps", default="0.9", help="budgets of the top-p methods")
     ev.add_argument("--layer-top-p", type=float, default=None, help="per-layer p of indexer_dual_topp")
     ev.add_argument(
         "--retrieval-heads", type=int, default=2, help="kv heads kept dense by the retrieval_heads method"
+    )
+    ev.add_argument(
+        "--horizontal-threshold",
+        type=float,
+        default=0.8,
+        help="probe mass a row must keep (patterns_horizontal)",
     )
     ev.add_argument("--block-sizes", default=None, help="comma list to sweep block sizes (default: model's)")
     ev.add_argument("--lengths", default="4096,8192,16384", help="prompt lengths in tokens")

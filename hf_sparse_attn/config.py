@@ -33,7 +33,9 @@ class SparseAttentionConfig:
 
     ``retrieval_heads`` (seed 001): ``[layer, kv_head]`` pairs whose kv group attends to every causal
     block while the layer's other heads go sparse, in the same kernel launch; found on calibration
-    prompts by ``retrieval_heads.find_retrieval_heads``.
+    prompts by ``retrieval_heads.find_retrieval_heads``. ``horizontal_threshold`` (seed 002's
+    horizontal component): a query block whose last query keeps less than this share of its dense
+    attention mass inside its selected blocks attends to every causal block (see ``patterns``).
     """
 
     indexer_heads: int = 1
@@ -49,6 +51,7 @@ class SparseAttentionConfig:
     min_sparse_len: int = 4096
     dense_layers: list[int] = field(default_factory=list)
     retrieval_heads: list[list[int]] = field(default_factory=list)
+    horizontal_threshold: float | None = None
     selector: str = "indexer"
     probe_queries: int = 64
 
@@ -85,6 +88,8 @@ class SparseAttentionConfig:
             _check_fraction("layer_top_p", self.layer_top_p)
             if self.top_p is None:
                 raise ValueError("layer_top_p (dual top-p) needs the per-query top_p budget as well")
+        if self.horizontal_threshold is not None:
+            _check_fraction("horizontal_threshold", self.horizontal_threshold)
         _check_int("probe_queries", self.probe_queries, 1, 1 << 20)
         _check_int("sink_blocks", self.sink_blocks, 0, 1 << 20)
         _check_int("local_blocks", self.local_blocks, 1, 1 << 20)

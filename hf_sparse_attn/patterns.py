@@ -11,8 +11,13 @@ head-averaged attention (per selection group) is decomposed into
 and every causal (query block, key block) cell is scored ``vertical[kb] + slash[qb - kb]``. The
 scores go through ``select_blocks`` like any selector: ``top_p`` keeps the blocks covering that
 share of the estimated mass (a bound on the estimated error vs dense), ``density`` / ``top_k`` meet
-a fixed cost. It needs no trained weights, so it runs on any checkpoint. The horizontal component
-of seed 002 (query rows that need dense attention) is not estimated yet.
+a fixed cost. It needs no trained weights, so it runs on any checkpoint.
+
+The horizontal component (query rows that need dense attention, ``horizontal_threshold``) is
+measured, not estimated: ``row_probe_mass`` attends densely from the last query of every query block
+(nQ x S per head, 1/block_size of the dense cost); a query block whose probe keeps less than the
+threshold of its attention mass inside the selected blocks attends to all of its causal blocks
+(``selection.with_dense_rows``). It applies on top of any selector.
 """
 
 from __future__ import annotations
@@ -72,4 +77,39 @@ def pattern_block_scores(
         )
         score = vertical[:, None, :] + slash[:, distance[:nbl, :nbl]]
         out[b, :, :nbl, :nbl] = torch.where(causal[:nbl, :nbl], score, 0.0)
+    return out
+
+
+def row_probe_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    scale: float,
+    groups: int,
+    seq_lens: torch.Tensor | None = None,
+    rows_per_chunk: int = 64,
+) -> torch.Tensor:
+    """Block mass [B, groups, nQ, nK] of the last valid query of each query block (zero past the end)."""
+    B, H, S, d = check_qk(q, k)
+    if H % groups:
+        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    Hk = k.shape[1]
+    nb = num_blocks(S, block_size)
+    lens = sequence_lengths(seq_lens, B, S, q.device)
+    out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
+    kpos = torch.arange(nb * block_size, device=q.device)
+    for b in range(B):
+        L = int(lens[b])
+        nbl = num_blocks(L, block_size)
+        for r0 in range(0, nbl, rows_per_chunk):
+            rows = torch.arange(r0, min(nbl, r0 + rows_per_chunk), device=q.device)
+            qpos = torch.clamp((rows + 1) * block_size, max=L) - 1
+            probe = q[b, :, qpos].float().view(Hk, H // Hk, len(rows), d)
+            logits = torch.einsum("grpd,gkd->grpk", probe, k[b, :, :L].float()) * scale
+            logits = logits.masked_fill(kpos[None, :L] > qpos[:, None], float("-inf"))
+            probs = torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(rows), L).mean(1)
+            pooled = torch.nn.functional.pad(probs, (0, nbl * block_size - L)).view(
+                groups, len(rows), nbl, block_size
+            )
+            out[b, :, rows, :nbl] = pooled.sum(-1)
     return out

@@ -159,3 +159,18 @@ def with_dense_groups(blocks: BlockList, dense_groups: list[int], num_groups: in
     used = torch.arange(width, device=counts.device) < counts[..., None]
     indices = torch.where(dense[None, :, None, None], torch.where(used, full, 0), indices[..., :width])
     return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)
+
+
+def with_dense_rows(blocks: BlockList, rows: torch.Tensor) -> BlockList:
+    """``blocks`` with the query blocks marked in ``rows`` (bool [B, G, nQ]) on every causal block."""
+    B, G, nq, _ = blocks.kv_indices.shape
+    causal = causal_block_counts(blocks.seq_lens, blocks.block_size, nq).to(blocks.kv_num_blocks.dtype)
+    counts = torch.where(rows, causal[:, None, :], blocks.kv_num_blocks)
+    width = max(1, int(counts.max()))
+    indices = blocks.kv_indices
+    if width > indices.shape[-1]:
+        indices = torch.nn.functional.pad(indices, (0, width - indices.shape[-1]))
+    full = torch.arange(width, device=counts.device, dtype=indices.dtype).expand(B, G, nq, width)
+    used = torch.arange(width, device=counts.device) < counts[..., None]
+    indices = torch.where(rows[..., None], torch.where(used, full, 0), indices[..., :width])
+    return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)

@@ -256,7 +256,9 @@ class SparseAttentionConfig:
 
     ``retrieval_heads`` (seed 001): ``[layer, kv_head]`` pairs whose kv group attends to every causal
     block while the layer's other heads go sparse, in the same kernel launch; found on calibration
-    prompts by ``retrieval_heads.find_retrieval_heads``.
+    prompts by ``retrieval_heads.find_retrieval_heads``. ``horizontal_threshold`` (seed 002's
+    horizontal component): a query block whose last query keeps less than this share of its dense
+    attention mass inside its selected blocks attends to every causal block (see ``patterns``).
     """
 
     indexer_heads: int = 1
@@ -272,6 +274,7 @@ class SparseAttentionConfig:
     min_sparse_len: int = 4096
     dense_layers: list[int] = field(default_factory=list)
     retrieval_heads: list[list[int]] = field(default_factory=list)
+    horizontal_threshold: float | None = None
     selector: str = "indexer"
     probe_queries: int = 64
 
@@ -308,6 +311,8 @@ class SparseAttentionConfig:
             _check_fraction("layer_top_p", self.layer_top_p)
             if self.top_p is None:
                 raise ValueError("layer_top_p (dual top-p) needs the per-query top_p budget as well")
+        if self.horizontal_threshold is not None:
+            _check_fraction("horizontal_threshold", self.horizontal_threshold)
         _check_int("probe_queries", self.probe_queries, 1, 1 << 20)
         _check_int("sink_blocks", self.sink_blocks, 0, 1 << 20)
         _check_int("local_blocks", self.local_blocks, 1, 1 << 20)
@@ -488,8 +493,13 @@ head-averaged attention (per selection group) is decomposed into
 and every causal (query block, key block) cell is scored ``vertical[kb] + slash[qb - kb]``. The
 scores go through ``select_blocks`` like any selector: ``top_p`` keeps the blocks covering that
 share of the estimated mass (a bound on the estimated error vs dense), ``density`` / ``top_k`` meet
-a fixed cost. It needs no trained weights, so it runs on any checkpoint. The horizontal component
-of seed 002 (query rows that need dense attention) is not estimated yet.
+a fixed cost. It needs no trained weights, so it runs on any checkpoint.
+
+The horizontal component (query rows that need dense attention, ``horizontal_threshold``) is
+measured, not estimated: ``row_probe_mass`` attends densely from the last query of every query block
+(nQ x S per head, 1/block_size of the dense cost); a query block whose probe keeps less than the
+threshold of its attention mass inside the selected blocks attends to all of its causal blocks
+(``selection.with_dense_rows``). It applies on top of any selector.
 """
 
 
@@ -547,6 +557,41 @@ def pattern_block_scores(
         )
         score = vertical[:, None, :] + slash[:, distance[:nbl, :nbl]]
         out[b, :, :nbl, :nbl] = torch.where(causal[:nbl, :nbl], score, 0.0)
+    return out
+
+
+def row_probe_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    scale: float,
+    groups: int,
+    seq_lens: torch.Tensor | None = None,
+    rows_per_chunk: int = 64,
+) -> torch.Tensor:
+    """Block mass [B, groups, nQ, nK] of the last valid query of each query block (zero past the end)."""
+    B, H, S, d = check_qk(q, k)
+    if H % groups:
+        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    Hk = k.shape[1]
+    nb = num_blocks(S, block_size)
+    lens = sequence_lengths(seq_lens, B, S, q.device)
+    out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
+    kpos = torch.arange(nb * block_size, device=q.device)
+    for b in range(B):
+        L = int(lens[b])
+        nbl = num_blocks(L, block_size)
+        for r0 in range(0, nbl, rows_per_chunk):
+            rows = torch.arange(r0, min(nbl, r0 + rows_per_chunk), device=q.device)
+            qpos = torch.clamp((rows + 1) * block_size, max=L) - 1
+            probe = q[b, :, qpos].float().view(Hk, H // Hk, len(rows), d)
+            logits = torch.einsum("grpd,gkd->grpk", probe, k[b, :, :L].float()) * scale
+            logits = logits.masked_fill(kpos[None, :L] > qpos[:, None], float("-inf"))
+            probs = torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(rows), L).mean(1)
+            pooled = torch.nn.functional.pad(probs, (0, nbl * block_size - L)).view(
+                groups, len(rows), nbl, block_size
+            )
+            out[b, :, rows, :nbl] = pooled.sum(-1)
     return out
 
 # ---- hf_sparse_attn/selection.py ----
@@ -707,6 +752,21 @@ def with_dense_groups(blocks: BlockList, dense_groups: list[int], num_groups: in
     full = torch.arange(width, device=counts.device, dtype=indices.dtype).expand(B, num_groups, nq, width)
     used = torch.arange(width, device=counts.device) < counts[..., None]
     indices = torch.where(dense[None, :, None, None], torch.where(used, full, 0), indices[..., :width])
+    return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)
+
+
+def with_dense_rows(blocks: BlockList, rows: torch.Tensor) -> BlockList:
+    """``blocks`` with the query blocks marked in ``rows`` (bool [B, G, nQ]) on every causal block."""
+    B, G, nq, _ = blocks.kv_indices.shape
+    causal = causal_block_counts(blocks.seq_lens, blocks.block_size, nq).to(blocks.kv_num_blocks.dtype)
+    counts = torch.where(rows, causal[:, None, :], blocks.kv_num_blocks)
+    width = max(1, int(counts.max()))
+    indices = blocks.kv_indices
+    if width > indices.shape[-1]:
+        indices = torch.nn.functional.pad(indices, (0, width - indices.shape[-1]))
+    full = torch.arange(width, device=counts.device, dtype=indices.dtype).expand(B, G, nq, width)
+    used = torch.arange(width, device=counts.device) < counts[..., None]
+    indices = torch.where(rows[..., None], torch.where(used, full, 0), indices[..., :width])
     return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)
 
 # ---- hf_sparse_attn/padding.py ----
@@ -1054,6 +1114,8 @@ def sparse_prefill_attention(
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
+    if indexer.config.horizontal_threshold is not None:
+        blocks = with_dense_rows(blocks, _horizontal_rows(module, q, k, blocks))
     dense_heads = [h for layer, h in indexer.config.retrieval_heads if layer == module.layer_idx]
     if dense_heads and k.shape[1] != indexer.num_kv_heads:
         raise NotImplementedError(
@@ -1066,6 +1128,23 @@ def sparse_prefill_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def _horizontal_rows(
+    module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, blocks: BlockList
+) -> torch.Tensor:
+    """Query blocks whose probe query keeps less than ``horizontal_threshold`` of its mass: [B, G, nQ]."""
+    cfg = module.indexer.config
+    probe = row_probe_mass(
+        q, k, cfg.block_size, module.scaling, blocks.kv_num_blocks.shape[1], blocks.seq_lens
+    )
+    shards = module.indexer.num_heads // q.shape[1]
+    if shards > 1:
+        tensor_parallel_rank(shards, cfg.indexer_heads)
+        probe = torch.distributed.nn.functional.all_reduce(probe) / shards
+    kept = (probe * blocks.to_dense()).sum(-1)
+    valid = blocks.kv_num_blocks > 0
+    return valid & (kept < cfg.horizontal_threshold)
 
 
 def last_selection(module: torch.nn.Module) -> BlockList | None:

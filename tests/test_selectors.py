@@ -165,3 +165,43 @@ def test_find_retrieval_heads_scores_long_range_mass():
     model.set_attn_implementation("sdpa")
     with pytest.raises(ValueError, match="sparse_prefill path"):
         long_range_mass(model, prompts)
+
+
+def test_row_probe_mass_is_the_dense_attention_of_each_blocks_last_query():
+    from hf_sparse_attn.patterns import row_probe_mass
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 70, 8), torch.randn(2, 2, 70, 8)
+    lens = torch.tensor([70, 45])
+    mass = row_probe_mass(q, k, 16, 0.4, groups=1, seq_lens=lens, rows_per_chunk=2)
+    for b, L in enumerate([70, 45]):
+        logits = (q[b, :, :L] @ k[b, :, :L].repeat_interleave(2, 0).transpose(-1, -2)) * 0.4
+        logits = logits.masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf"))
+        probs = torch.softmax(logits, -1).mean(0)
+        for i in range(-(-L // 16)):
+            row = probs[min(L, (i + 1) * 16) - 1]
+            pooled = torch.nn.functional.pad(row, (0, 80 - L)).view(5, 16).sum(-1)
+            torch.testing.assert_close(mass[b, 0, i], pooled, rtol=1e-5, atol=1e-6)
+        assert not mass[b, 0, -(-L // 16) :].any()
+
+
+def test_horizontal_threshold_extremes_reduce_to_dense_and_to_plain_selection():
+    config = qwen3_config()
+    dense = build(config)
+    ids = torch.randint(0, VOCAB, (1, 160), generator=torch.Generator().manual_seed(0))
+    base = dict(block_size=16, top_k=2, local_blocks=1, min_sparse_len=1)
+    outs = {}
+    for name, extra in {
+        "plain": {},
+        "zero": {"horizontal_threshold": 1e-9},
+        "one": {"horizontal_threshold": 1.0},
+    }.items():
+        model = attach_indexer(build(config, attn="sparse_prefill"), SparseAttentionConfig(**base, **extra))
+        with torch.no_grad():
+            outs[name] = model(ids).logits
+        outs[name + "_density"] = float(next(iter(indexers(model).values())).last_selection.density().mean())
+    with torch.no_grad():
+        ref = dense(ids).logits
+    torch.testing.assert_close(outs["zero"], outs["plain"], rtol=0, atol=0)
+    torch.testing.assert_close(outs["one"], ref, rtol=1e-4, atol=1e-4)
+    assert outs["plain_density"] < 0.5 and outs["one_density"] == 1.0

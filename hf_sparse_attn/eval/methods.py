@@ -28,6 +28,8 @@ METHODS = {
     "indexer_dual_topp": "the distilled indexer, per-query top_p and per-layer layer_top_p (seed 003)",
     "retrieval_heads": "the distilled indexer (density) with the calibrated retrieval kv heads kept dense",
     "patterns": "training-free vertical + slash estimate from the last queries (selector='patterns')",
+    "patterns_horizontal": "patterns plus seed 002's horizontal rows: query blocks whose probe keeps < "
+    "horizontal_threshold of its mass go dense",
     "streaming": "sink + local blocks only, window sized to the density (no retrieval)",
     "random": "sink + local + uniformly random blocks at the density (selector='random')",
 }
@@ -44,7 +46,7 @@ class Method:
         values = dict(self.changes)
         if self.name == "streaming" and self.target_density is not None:
             values["density"] = self.target_density
-        keys = ("density", "top_p", "layer_top_p", "block_size")
+        keys = ("density", "top_p", "layer_top_p", "horizontal_threshold", "block_size")
         return " ".join([self.name] + [f"{k}={values[k]:g}" for k in keys if k in values])
 
 
@@ -55,6 +57,7 @@ def build_methods(
     layer_top_p: float | None = None,
     block_sizes: list[int] | None = None,
     retrieval_heads: list[list[int]] | None = None,
+    horizontal_threshold: float = 0.8,
 ) -> list[Method]:
     """Expand method names over their budgets: density-budgeted ones per density, top-p ones per p."""
     unknown = sorted(set(names) - set(METHODS))
@@ -85,6 +88,20 @@ def build_methods(
                     Method(
                         name,
                         {"selector": "indexer", "density": d, "retrieval_heads": retrieval_heads, **extra},
+                        d,
+                    )
+                    for d in densities
+                ]
+            elif name == "patterns_horizontal":
+                out += [
+                    Method(
+                        name,
+                        {
+                            "selector": "patterns",
+                            "density": d,
+                            "horizontal_threshold": horizontal_threshold,
+                            **extra,
+                        },
                         d,
                     )
                     for d in densities
