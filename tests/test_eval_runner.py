@@ -149,3 +149,13 @@ def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
     md = (tmp_path / "eval.md").read_text()
     assert "## 256 tokens" in md and "| block_oracle density=0.25 |" in md
     assert set(files) >= {"json", "markdown"}
+
+
+def test_report_has_a_per_layer_density_table(tiny, tok, tmp_path):
+    methods = build_methods(["indexer_topp"], [0.25], [0.5])
+    rows = evaluate(tiny, tok, methods, [256], ["qa"], samples=1, batch_size=1, progress=False)
+    assert set(rows[0]["layer_density"]) == {0, 1}
+    assert rows[0]["density"] == pytest.approx(sum(rows[0]["layer_density"].values()) / 2)
+    write_report(rows, tmp_path, {"model": "tiny"})
+    md = (tmp_path / "eval.md").read_text()
+    assert "| method | length | layer 0 | layer 1 |" in md and "| indexer_topp top_p=0.5 | 256 |" in md

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..attention import clear_selections, kept_density
+from ..attention import clear_selections, kept_density_per_layer
 from ..modeling import sparse_config_of, update_sparse_config
 from ..proxy import greedy_answers
 from .methods import Method, attention_name, register_token_oracle, streaming_changes
@@ -98,24 +98,29 @@ def _restore(base: dict, changes: dict) -> dict:
 
 
 def _run(model, tokenizer, method: Method, length: int, task: str, samples, batch_size: int) -> dict:
-    densities, outputs = [], []
+    per_layer: list[dict[int, float]] = []
+    outputs = []
     start = time.perf_counter()
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         outputs += greedy_answers(
             model, tokenizer, [s.prompt for s in chunk], answer_budget(task), batch_size
         )
-        d = kept_density(model) if method.name not in ("dense", "token_oracle") else None
-        if d is not None:
-            densities.append(d)
+        if method.name not in ("dense", "token_oracle"):
+            per_layer.append(kept_density_per_layer(model))
     clear_selections(model)
     correct = [score(o, s.answers, tokenizer) for o, s in zip(outputs, samples, strict=True)]
+    layers = sorted({layer for batch in per_layer for layer in batch})
+    layer_density = {
+        layer: sum(b[layer] for b in per_layer if layer in b) / sum(layer in b for b in per_layer)
+        for layer in layers
+    }
     if method.name == "token_oracle":
         measured = method.target_density
     elif method.name == "dense":
         measured = 1.0
     else:
-        measured = sum(densities) / len(densities) if densities else None
+        measured = sum(layer_density.values()) / len(layer_density) if layer_density else None
     return {
         "method": method.name,
         "label": method.label,
@@ -125,6 +130,7 @@ def _run(model, tokenizer, method: Method, length: int, task: str, samples, batc
         "samples": len(correct),
         "target_density": method.target_density,
         "density": measured,
+        "layer_density": layer_density,
         "block_size": method.changes.get("block_size"),
         "seconds": round(time.perf_counter() - start, 2),
         "example_output": outputs[0],
@@ -171,10 +177,31 @@ def write_report(rows: list[dict], out_dir: str | os.PathLike, meta: dict) -> di
             dens = "-" if s["density"] is None else f"{s['density']:.3f}"
             cells = " | ".join(f"{100 * acc[t]:.0f}" if t in acc else "-" for t in tasks)
             lines.append(f"| {label} | {dens} | **{100 * s['accuracy']:.1f}** | {cells} |")
+    lines += _layer_table(rows, lengths)
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     files = {"json": str(out / "eval.json"), "markdown": str(out / "eval.md")}
     files.update(_plots(summary, lengths, out))
     return files
+
+
+def _layer_table(rows: list[dict], lengths: list[int]) -> list[str]:
+    """Per-layer kept density of each block-sparse method (mean over tasks): where the budget went."""
+    per: dict[tuple[str, int], dict[int, list[float]]] = {}
+    for r in rows:
+        for layer, d in (r.get("layer_density") or {}).items():
+            per.setdefault((r["label"], r["length"]), {}).setdefault(int(layer), []).append(d)
+    if not per:
+        return []
+    layers = sorted({layer for v in per.values() for layer in v})
+    lines = ["", "## Per-layer kept density (mean over tasks)", ""]
+    lines.append("| method | length | " + " | ".join(f"layer {i}" for i in layers) + " |")
+    lines.append("|---|---|" + "---|" * len(layers))
+    for length in lengths:
+        for (label, n), v in per.items():
+            if n == length:
+                cells = " | ".join(f"{sum(v[i]) / len(v[i]):.3f}" if i in v else "-" for i in layers)
+                lines.append(f"| {label} | {n} | {cells} |")
+    return lines
 
 
 def _plots(summary: dict, lengths: list[int], out: Path) -> dict[str, str]:

@@ -1153,17 +1153,22 @@ def last_selection(module: torch.nn.Module) -> BlockList | None:
     return getattr(indexer, "last_selection", None)
 
 
-def kept_density(model: torch.nn.Module) -> float | None:
-    """Mean kept fraction of causal blocks over the layers' last sparse prefill (None: none ran sparse).
+def kept_density_per_layer(model: torch.nn.Module) -> dict[int, float]:
+    """{layer_idx: kept fraction of causal blocks} of each layer's last sparse prefill.
 
     Duck-typed over ``last_selection`` so it also reads a remote-code model, whose classes are a
     generated copy of this package's.
     """
-    values = [
-        float(m.last_selection.density().mean())
-        for m in model.modules()
+    return {
+        int(getattr(m, "layer_idx", i)): float(m.last_selection.density().mean())
+        for i, m in enumerate(model.modules())
         if getattr(m, "last_selection", None) is not None
-    ]
+    }
+
+
+def kept_density(model: torch.nn.Module) -> float | None:
+    """Mean kept fraction over the layers' last sparse prefill (None: no layer ran sparse)."""
+    values = list(kept_density_per_layer(model).values())
     return sum(values) / len(values) if values else None
 
 
