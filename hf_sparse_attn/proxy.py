@@ -127,8 +127,10 @@ class TaskBatches(torch.utils.data.IterableDataset):
     only on (seed, step), so the stream is identical for any number of workers.
     """
 
-    def __init__(self, tokenizer, config: ProxyTrainingConfig, started: float | None = None):
-        self.tok, self.cfg, self.started = tokenizer, config, started
+    def __init__(
+        self, tokenizer, config: ProxyTrainingConfig, started: float | None = None, first_step: int = 0
+    ):
+        self.tok, self.cfg, self.started, self.first_step = tokenizer, config, started, first_step
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -150,7 +152,7 @@ class TaskBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        for step in range(wid, self.cfg.steps, n):
+        for step in range(self.first_step + wid, self.cfg.steps, n):
             yield self.batch(step)
 
 
@@ -180,12 +182,18 @@ def train_proxy(
     device: str = "cuda",
     num_workers: int = 8,
     log_every: int = 50,
+    stop_after_s: float | None = None,
+    stop_at_step: int | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train the proxy from scratch and save it in Hub layout; returns the training log summary.
 
     With ``config.time_budget_s`` the curriculum and learning-rate schedule follow wall time when it
     binds, and training stops at the budget (the summary records the steps reached), so a run on a
     time-limited machine always completes its schedule and leaves a usable checkpoint.
+    ``stop_after_s`` (or ``stop_at_step``) ends this call early with ``resume.pt`` (fp32 weights, optimizer, step, elapsed
+    seconds) beside the export; ``resume=True`` continues from it, so one schedule can span several
+    time-limited machine calls and matches an uninterrupted run step for step.
     """
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -204,23 +212,37 @@ def train_proxy(
         betas=(0.9, 0.95),
         fused=device.startswith("cuda"),
     )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    first_step, elapsed, log = 0, 0.0, []
+    if resume:
+        if not (out / "resume.pt").exists():
+            raise FileNotFoundError(f"{out / 'resume.pt'} not found: nothing to resume (drop --resume)")
+        state = torch.load(out / "resume.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        first_step, elapsed, log = state["step"], state["elapsed_s"], state["log"]
+    else:
+        (out / "training_log.jsonl").unlink(missing_ok=True)
+    started = time.time() - elapsed
     loader = torch.utils.data.DataLoader(
-        TaskBatches(tok, config, started=time.time()),
+        TaskBatches(tok, config, started=started, first_step=first_step),
         batch_size=None,
         num_workers=num_workers,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
     )
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"))
-    start, started, log, window = time.perf_counter(), time.time(), [], []
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "training_log.jsonl").unlink(missing_ok=True)
-    step = 0
+    segment_start, window = time.time(), []
+    step, stopped = first_step, False
     model.train()
-    for step, batch in enumerate(tqdm(loader, total=config.steps, desc="train proxy")):
+    bar = tqdm(loader, total=config.steps, initial=first_step, desc="train proxy")
+    for step, batch in enumerate(bar, start=first_step):
         progress = config.progress(step, started)
         if progress >= 1.0:
+            break
+        if (stop_after_s is not None and time.time() - segment_start >= stop_after_s) or step == stop_at_step:
+            stopped = True
             break
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         for group in opt.param_groups:
@@ -238,7 +260,7 @@ def train_proxy(
                 "loss": round(float(torch.stack(window)[:, 0].mean()), 4),
                 "answer_loss": round(float(torch.stack(window)[:, 1].mean()), 4),
                 "seq_len": int(batch["input_ids"].shape[1]),
-                "seconds": round(time.perf_counter() - start, 1),
+                "seconds": round(time.time() - started, 1),
             }
             log.append(entry)
             window = []
@@ -247,6 +269,11 @@ def train_proxy(
                 print(json.dumps(entry), file=f)
     else:
         step += 1
+    if stopped:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": log}
+        torch.save(state | {"elapsed_s": time.time() - started}, out / "resume.pt")
+    else:
+        (out / "resume.pt").unlink(missing_ok=True)
     model.eval()
     model.to(torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)
@@ -258,9 +285,10 @@ def train_proxy(
     ).save_pretrained(out)
     summary = {
         "steps_done": step,
+        "finished": not stopped,
         "config": asdict(config),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(time.time() - started, 1),
         "log": log,
     }
     with open(out / "training_summary.json", "w") as f:

@@ -2,6 +2,10 @@
 
 python recipes/train_proxy.py --output-dir proxy-qwen3                  # on a GPU (~8 min on an H100)
 python recipes/train_proxy.py --smoke                                   # CPU check of the loop
+
+On a machine whose calls are time-limited, split one schedule over calls:
+python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500
+python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500 --resume   # x2
 """
 
 import argparse
@@ -23,6 +27,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--time-budget", type=float, default=None, help="seconds; stop early and save")
+    p.add_argument("--stop-after", type=float, default=None, help="seconds; end this call with resume.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/resume.pt")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     cfg = ProxyTrainingConfig(
@@ -38,7 +44,13 @@ def main() -> None:
         cfg.steps, cfg.train_len, cfg.min_len, cfg.tokens_per_step, cfg.warmup_steps = 6, 256, 128, 1024, 2
     device = "cuda" if torch.cuda.is_available() else "cpu"
     summary = train_proxy(
-        args.output_dir, cfg, device=device, num_workers=args.workers, log_every=1 if args.smoke else 50
+        args.output_dir,
+        cfg,
+        device=device,
+        num_workers=args.workers,
+        log_every=1 if args.smoke else 50,
+        stop_after_s=args.stop_after,
+        resume=args.resume,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
 

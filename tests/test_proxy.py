@@ -118,3 +118,25 @@ def test_bundled_proxy_is_a_small_bf16_hub_repo_with_its_indexer():
         assert all(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
     summary = json.loads((PROXY_DIR / "training_summary.json").read_text())
     assert summary["config"]["train_len"] == 4096
+
+
+def test_resumed_training_matches_the_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = ProxyTrainingConfig(train_len=160, min_len=128, steps=4, tokens_per_step=384, warmup_steps=1)
+    train_proxy(tmp_path / "whole", cfg, device="cpu", num_workers=0)
+    first = train_proxy(tmp_path / "split", cfg, device="cpu", num_workers=0, log_every=1, stop_at_step=2)
+    assert first["steps_done"] == 2 and not first["finished"] and (tmp_path / "split" / "resume.pt").exists()
+    second = train_proxy(tmp_path / "split", cfg, device="cpu", num_workers=0, log_every=1, resume=True)
+    assert (
+        second["steps_done"] == 4 and second["finished"] and not (tmp_path / "split" / "resume.pt").exists()
+    )
+    assert [e["step"] for e in second["log"]] == [1, 2, 3, 4]
+    whole, split = (
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "split" / "model.safetensors"),
+    )
+    for name, tensor in whole.items():
+        torch.testing.assert_close(split[name], tensor, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train_proxy(tmp_path / "whole", cfg, device="cpu", num_workers=0, resume=True)
