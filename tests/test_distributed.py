@@ -25,23 +25,16 @@ def _run(cmd: list[str], cwd: Path) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+def _two_ranks(script: str, *args: str) -> list[str]:
+    """torchrun command for 2 CPU ranks (--standalone: a free rendezvous port)."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return [*run, str(HERE / script), *args]
+
+
 @pytest.mark.slow
 def test_two_rank_ddp_matches_single_process_at_same_global_batch(tmp_path):
     single = _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), "4"], tmp_path)
-    ddp = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(HERE / "ddp_worker.py"),
-            str(tmp_path / "two"),
-            "2",
-        ],
-        tmp_path,
-    )
+    ddp = _run(_two_ranks("ddp_worker.py", str(tmp_path / "two"), "2"), tmp_path)
     assert single["world"] == 1 and ddp["world"] == 2
     for a, b in zip(single["losses"], ddp["losses"], strict=True):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (single["losses"], ddp["losses"])
@@ -57,19 +50,7 @@ def test_two_rank_ddp_matches_single_process_at_same_global_batch(tmp_path):
 @pytest.mark.parametrize("selector", ["indexer", "oracle", "patterns"])
 def test_tensor_parallel_heads_get_the_unsharded_block_list_and_output(tmp_path, selector):
     """2 ranks, each with half the q / kv heads (what tp_plan="auto" hands the attention)."""
-    result = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(HERE / "tp_worker.py"),
-            selector,
-        ],
-        tmp_path,
-    )
+    result = _run(_two_ranks("tp_worker.py", selector), tmp_path)
     assert result["same_lists_on_all_ranks"] and result["same_as_unsharded"], result
     assert result["max_diff"] < 1e-5, result
 

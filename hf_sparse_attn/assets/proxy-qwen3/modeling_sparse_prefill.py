@@ -507,6 +507,31 @@ import torch
 
 
 
+def _empty_scores(
+    q: torch.Tensor, k: torch.Tensor, block_size: int, groups: int, seq_lens: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zeros [B, groups, nQ, nK] float32, valid lengths [B]) after checking shapes and groups."""
+    B, H, S, _ = check_qk(q, k)
+    if H % groups:
+        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    nb = num_blocks(S, block_size)
+    out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
+    return out, sequence_lengths(seq_lens, B, S, q.device)
+
+
+def _probe_probs(
+    q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, groups: int
+) -> torch.Tensor:
+    """Causal softmax of one sequence's queries at ``qpos`` (q [H, S, d]) over k [Hk, L, d], averaged
+    over the query heads of each group: [groups, len(qpos), L]."""
+    H, _, d = q.shape
+    Hk, L, _ = k.shape
+    probe = q[:, qpos].float().view(Hk, H // Hk, len(qpos), d)
+    logits = torch.einsum("grpd,gkd->grpk", probe, k.float()) * scale
+    logits = logits.masked_fill(torch.arange(L, device=q.device)[None, :] > qpos[:, None], float("-inf"))
+    return torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(qpos), L).mean(1)
+
+
 def pattern_block_scores(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -517,26 +542,18 @@ def pattern_block_scores(
     probe_queries: int = 64,
 ) -> torch.Tensor:
     """Estimated block mass [B, groups, nQ, nK] (float32) from the last ``probe_queries`` queries."""
-    B, H, S, d = check_qk(q, k)
-    if H % groups:
-        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
-    Hk = k.shape[1]
-    nb = num_blocks(S, block_size)
-    lens = sequence_lengths(seq_lens, B, S, q.device)
-    out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
+    out, lens = _empty_scores(q, k, block_size, groups, seq_lens)
+    nb = out.shape[-1]
     qb = torch.arange(nb, device=q.device)
     distance = (qb[:, None] - qb[None, :]).clamp(min=0)
     causal = qb[None, :] <= qb[:, None]
-    for b in range(B):
+    for b in range(len(lens)):
         L = int(lens[b])
         if L == 0:
             continue
         P = min(probe_queries, L)
         qpos = torch.arange(L - P, L, device=q.device)
-        probe = q[b, :, L - P : L].float().view(Hk, H // Hk, P, d)
-        logits = torch.einsum("grpd,gkd->grpk", probe, k[b, :, :L].float()) * scale
-        logits = logits.masked_fill(torch.arange(L, device=q.device)[None, :] > qpos[:, None], float("-inf"))
-        probs = torch.softmax(logits, dim=-1).reshape(groups, H // groups, P, L).mean(1)
+        probs = _probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
         nbl = num_blocks(L, block_size)
         vertical = (
             torch.nn.functional.pad(probs.mean(1), (0, nbl * block_size - L))
@@ -570,24 +587,14 @@ def row_probe_mass(
     rows_per_chunk: int = 64,
 ) -> torch.Tensor:
     """Block mass [B, groups, nQ, nK] of the last valid query of each query block (zero past the end)."""
-    B, H, S, d = check_qk(q, k)
-    if H % groups:
-        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
-    Hk = k.shape[1]
-    nb = num_blocks(S, block_size)
-    lens = sequence_lengths(seq_lens, B, S, q.device)
-    out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
-    kpos = torch.arange(nb * block_size, device=q.device)
-    for b in range(B):
+    out, lens = _empty_scores(q, k, block_size, groups, seq_lens)
+    for b in range(len(lens)):
         L = int(lens[b])
         nbl = num_blocks(L, block_size)
         for r0 in range(0, nbl, rows_per_chunk):
             rows = torch.arange(r0, min(nbl, r0 + rows_per_chunk), device=q.device)
             qpos = torch.clamp((rows + 1) * block_size, max=L) - 1
-            probe = q[b, :, qpos].float().view(Hk, H // Hk, len(rows), d)
-            logits = torch.einsum("grpd,gkd->grpk", probe, k[b, :, :L].float()) * scale
-            logits = logits.masked_fill(kpos[None, :L] > qpos[:, None], float("-inf"))
-            probs = torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(rows), L).mean(1)
+            probs = _probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
             pooled = torch.nn.functional.pad(probs, (0, nbl * block_size - L)).view(
                 groups, len(rows), nbl, block_size
             )
