@@ -214,6 +214,7 @@ def _plots(summary: dict, lengths: list[int], out: Path) -> dict[str, str]:
         return {}
     files = {}
     fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours beyond 10 methods
     for label in dict.fromkeys(k[0] for k in summary):
         xs = [n for n in lengths if (label, n) in summary]
         ax.plot(xs, [100 * summary[(label, n)]["accuracy"] for n in xs], marker="o", label=label)
@@ -225,6 +226,7 @@ def _plots(summary: dict, lengths: list[int], out: Path) -> dict[str, str]:
     files["plot_length"] = str(out / "accuracy_vs_length.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours beyond 10 methods
     by_method: dict[str, list[tuple[float, float]]] = {}
     for (label, n), s in summary.items():
         if n == lengths[0] and s["density"] is not None:
