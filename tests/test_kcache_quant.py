@@ -1,0 +1,52 @@
+"""4-bit indexer K-cache formats: packing, error bounds, and selection agreement on the bundled proxy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_sparse_attn.ops.kcache_quant.naive import FP4_VALUES, bytes_per_vector, dequantize, quantize
+
+
+@pytest.mark.parametrize("fmt", ["int4", "fp4"])
+def test_round_trip_is_exact_on_representable_values_and_packs_two_per_byte(fmt):
+    grid = torch.arange(-7, 8).float() if fmt == "int4" else torch.cat([-FP4_VALUES.flip(0)[:-1], FP4_VALUES])
+    largest = 7.0 if fmt == "int4" else 6.0
+    x = grid[torch.randint(0, len(grid), (4, 3, 32), generator=torch.Generator().manual_seed(0))]
+    x[..., 0::16] = largest  # every group's scale is exactly 1
+    codes, scales = quantize(x, fmt, group=16)
+    assert codes.dtype == torch.uint8 and codes.shape == (4, 3, 16) and scales.shape == (4, 3, 2)
+    torch.testing.assert_close(dequantize(codes, scales, fmt, group=16), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fmt,half_step", [("int4", 0.5), ("fp4", 1.0)])
+def test_error_is_bounded_by_half_a_step_of_the_group_scale(fmt, half_step):
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)) * torch.logspace(-2, 2, 64)[:, None]
+    codes, scales = quantize(x, fmt)
+    y = dequantize(codes, scales, fmt)
+    scale = scales.view(torch.float8_e4m3fn).float()
+    largest = 7.0 if fmt == "int4" else 6.0
+    clip = (x.abs().amax(-1, keepdim=True) - largest * scale).clamp(min=0)
+    assert bool(((x - y).abs() <= half_step * scale + clip + 1e-6).all())
+    assert bytes_per_vector(16) == 9 and 32 / bytes_per_vector(16) > 3.5
+
+
+def test_bad_format_and_group_raise():
+    with pytest.raises(ValueError, match="format must be one of"):
+        quantize(torch.randn(2, 16), "int8")
+    with pytest.raises(ValueError, match="multiple of the"):
+        quantize(torch.randn(2, 12), "int4", group=16)
+
+
+def test_selection_agreement_on_the_bundled_proxy():
+    from hf_sparse_attn.eval.kcache_agreement import kcache_selection_agreement
+    from hf_sparse_attn.eval.runner import calibration_prompts
+    from hf_sparse_attn.proxy import PROXY_DIR, load_proxy
+
+    model, tok = load_proxy(PROXY_DIR)
+    result = kcache_selection_agreement(
+        model, calibration_prompts(tok, 2048, tasks=["niah_multivalue", "vt"])
+    )
+    for fmt in ("int4", "fp4"):
+        assert 0.85 < result[fmt]["agreement"] < 1.0, result
+        assert result[fmt]["compression"] == pytest.approx(32 / 9)
