@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 76c45ff90575); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 3c356478d23b); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-# Generated from hf_sparse_attn/ops/block_sparse_attn/__init__.py (hf-sparse-attn 0.1.0, ops 76c45ff90575); do not edit.
+# Generated from hf_sparse_attn/ops/block_sparse_attn/__init__.py (hf-sparse-attn 0.1.0, ops 3c356478d23b); do not edit.
