@@ -101,11 +101,16 @@ def layer_block_scores(
         )
     else:
         scores = oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
-    shards = indexer.num_heads // q.shape[1]
-    if shards > 1:  # tensor parallel: head means over the local heads -> the mean over all heads
-        tensor_parallel_rank(shards, cfg.indexer_heads)
-        scores = torch.distributed.nn.functional.all_reduce(scores) / shards
-    return scores
+    return _mean_over_all_heads(module, q, scores)
+
+
+def _mean_over_all_heads(module: torch.nn.Module, q: torch.Tensor, head_mean: torch.Tensor) -> torch.Tensor:
+    """A mean over the local query heads -> the mean over all heads (all-reduce under tensor parallel)."""
+    shards = module.indexer.num_heads // q.shape[1]
+    if shards == 1:
+        return head_mean
+    tensor_parallel_rank(shards, module.indexer.config.indexer_heads)
+    return torch.distributed.nn.functional.all_reduce(head_mean) / shards
 
 
 def sparse_prefill_attention(
@@ -186,11 +191,7 @@ def _horizontal_rows(
     probe = row_probe_mass(
         q, k, cfg.block_size, module.scaling, blocks.kv_num_blocks.shape[1], blocks.seq_lens
     )
-    shards = module.indexer.num_heads // q.shape[1]
-    if shards > 1:
-        tensor_parallel_rank(shards, cfg.indexer_heads)
-        probe = torch.distributed.nn.functional.all_reduce(probe) / shards
-    kept = (probe * blocks.to_dense()).sum(-1)
+    kept = (_mean_over_all_heads(module, q, probe) * blocks.to_dense()).sum(-1)
     valid = blocks.kv_num_blocks > 0
     return valid & (kept < cfg.horizontal_threshold)
 

@@ -44,11 +44,11 @@ def load_demo_pipeline(model_dir: str | os.PathLike = PROXY_DIR, device: str = "
         model_dir, trust_remote_code=True, attn_implementation="sparse_prefill", dtype=dtype
     ).to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # pipeline() logs "not supported for text-generation" for any remote-code class: its check lists
+    # only the built-in ones
     pipes = logging.getLogger("transformers.pipelines.base")
     level = pipes.level
-    pipes.setLevel(
-        logging.CRITICAL
-    )  # "not supported for text-generation": the check lists only built-in classes
+    pipes.setLevel(logging.CRITICAL)
     try:
         pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
     finally:

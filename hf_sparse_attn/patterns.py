@@ -39,7 +39,7 @@ def _empty_scores(
     return out, sequence_lengths(seq_lens, B, S, q.device)
 
 
-def _probe_probs(
+def probe_probs(
     q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, groups: int
 ) -> torch.Tensor:
     """Causal softmax of one sequence's queries at ``qpos`` (q [H, S, d]) over k [Hk, L, d], averaged
@@ -73,7 +73,7 @@ def pattern_block_scores(
             continue
         P = min(probe_queries, L)
         qpos = torch.arange(L - P, L, device=q.device)
-        probs = _probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
+        probs = probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
         nbl = num_blocks(L, block_size)
         vertical = (
             torch.nn.functional.pad(probs.mean(1), (0, nbl * block_size - L))
@@ -114,7 +114,7 @@ def row_probe_mass(
         for r0 in range(0, nbl, rows_per_chunk):
             rows = torch.arange(r0, min(nbl, r0 + rows_per_chunk), device=q.device)
             qpos = torch.clamp((rows + 1) * block_size, max=L) - 1
-            probs = _probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
+            probs = probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
             pooled = torch.nn.functional.pad(probs, (0, nbl * block_size - L)).view(
                 groups, len(rows), nbl, block_size
             )

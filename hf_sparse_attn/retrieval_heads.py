@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .modeling import indexers, sparse_config_of
+from .patterns import probe_probs
 
 
 @torch.no_grad()
@@ -36,23 +37,14 @@ def long_range_mass(
     def observe(module, query, key, attention_mask):
         S = query.shape[2]
         P = min(probe_queries, S)
-        H, Hk = query.shape[1], key.shape[1]
         qpos = torch.arange(S - P, S, device=query.device)
         kpos = torch.arange(S, device=query.device)
-        logits = (
-            torch.einsum(
-                "bgrpd,bgkd->bgrpk",
-                query[:, :, S - P :].float().reshape(-1, Hk, H // Hk, P, query.shape[-1]),
-                key.float(),
-            )
-            * module.scaling
-        )
-        logits = logits.masked_fill(kpos[None, :] > qpos[:, None], float("-inf"))
-        probs = torch.softmax(logits, dim=-1).mean(2)
         bs = cfg.block_size
         near = kpos[None, :] // bs > qpos[:, None] // bs - 1 - cfg.local_blocks
         far = (kpos[None, :] >= cfg.sink_blocks * bs) & ~near
-        total[module.layer_idx] += (probs * far).sum(-1).mean(-1).sum(0).double().cpu()
+        for b in range(query.shape[0]):
+            probs = probe_probs(query[b], key[b], qpos, module.scaling, groups=key.shape[1])
+            total[module.layer_idx] += (probs * far).sum(-1).mean(-1).double().cpu()
 
     for ix in found.values():
         ix.observer = observe

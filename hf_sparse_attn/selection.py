@@ -145,20 +145,15 @@ def with_dense_groups(blocks: BlockList, dense_groups: list[int], num_groups: in
     if bad:
         raise ValueError(f"retrieval_heads name kv heads {bad}, but the layer has {num_groups} kv heads")
     rep = num_groups // G
-    counts = blocks.kv_num_blocks.repeat_interleave(rep, dim=1)
-    causal = causal_block_counts(blocks.seq_lens, blocks.block_size, nq).to(counts.dtype)
-    dense = torch.zeros(num_groups, dtype=torch.bool, device=counts.device)
+    expanded = BlockList(
+        blocks.kv_num_blocks.repeat_interleave(rep, dim=1),
+        blocks.kv_indices.repeat_interleave(rep, dim=1),
+        blocks.block_size,
+        blocks.seq_lens,
+    )
+    dense = torch.zeros(num_groups, dtype=torch.bool, device=blocks.kv_num_blocks.device)
     dense[dense_groups] = True
-    counts = torch.where(dense[None, :, None], causal[:, None, :], counts)
-    width = max(1, int(counts.max()))
-    indices = blocks.kv_indices.repeat_interleave(rep, dim=1)
-    pad = width - indices.shape[-1]
-    if pad > 0:
-        indices = torch.nn.functional.pad(indices, (0, pad))
-    full = torch.arange(width, device=counts.device, dtype=indices.dtype).expand(B, num_groups, nq, width)
-    used = torch.arange(width, device=counts.device) < counts[..., None]
-    indices = torch.where(dense[None, :, None, None], torch.where(used, full, 0), indices[..., :width])
-    return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)
+    return with_dense_rows(expanded, dense[None, :, None].expand(B, num_groups, nq))
 
 
 def with_dense_rows(blocks: BlockList, rows: torch.Tensor) -> BlockList:

@@ -519,7 +519,7 @@ def _empty_scores(
     return out, sequence_lengths(seq_lens, B, S, q.device)
 
 
-def _probe_probs(
+def probe_probs(
     q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, groups: int
 ) -> torch.Tensor:
     """Causal softmax of one sequence's queries at ``qpos`` (q [H, S, d]) over k [Hk, L, d], averaged
@@ -553,7 +553,7 @@ def pattern_block_scores(
             continue
         P = min(probe_queries, L)
         qpos = torch.arange(L - P, L, device=q.device)
-        probs = _probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
+        probs = probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
         nbl = num_blocks(L, block_size)
         vertical = (
             torch.nn.functional.pad(probs.mean(1), (0, nbl * block_size - L))
@@ -594,7 +594,7 @@ def row_probe_mass(
         for r0 in range(0, nbl, rows_per_chunk):
             rows = torch.arange(r0, min(nbl, r0 + rows_per_chunk), device=q.device)
             qpos = torch.clamp((rows + 1) * block_size, max=L) - 1
-            probs = _probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
+            probs = probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
             pooled = torch.nn.functional.pad(probs, (0, nbl * block_size - L)).view(
                 groups, len(rows), nbl, block_size
             )
@@ -746,20 +746,15 @@ def with_dense_groups(blocks: BlockList, dense_groups: list[int], num_groups: in
     if bad:
         raise ValueError(f"retrieval_heads name kv heads {bad}, but the layer has {num_groups} kv heads")
     rep = num_groups // G
-    counts = blocks.kv_num_blocks.repeat_interleave(rep, dim=1)
-    causal = causal_block_counts(blocks.seq_lens, blocks.block_size, nq).to(counts.dtype)
-    dense = torch.zeros(num_groups, dtype=torch.bool, device=counts.device)
+    expanded = BlockList(
+        blocks.kv_num_blocks.repeat_interleave(rep, dim=1),
+        blocks.kv_indices.repeat_interleave(rep, dim=1),
+        blocks.block_size,
+        blocks.seq_lens,
+    )
+    dense = torch.zeros(num_groups, dtype=torch.bool, device=blocks.kv_num_blocks.device)
     dense[dense_groups] = True
-    counts = torch.where(dense[None, :, None], causal[:, None, :], counts)
-    width = max(1, int(counts.max()))
-    indices = blocks.kv_indices.repeat_interleave(rep, dim=1)
-    pad = width - indices.shape[-1]
-    if pad > 0:
-        indices = torch.nn.functional.pad(indices, (0, pad))
-    full = torch.arange(width, device=counts.device, dtype=indices.dtype).expand(B, num_groups, nq, width)
-    used = torch.arange(width, device=counts.device) < counts[..., None]
-    indices = torch.where(dense[None, :, None, None], torch.where(used, full, 0), indices[..., :width])
-    return BlockList(counts.contiguous(), indices.contiguous(), blocks.block_size, blocks.seq_lens)
+    return with_dense_rows(expanded, dense[None, :, None].expand(B, num_groups, nq))
 
 
 def with_dense_rows(blocks: BlockList, rows: torch.Tensor) -> BlockList:
@@ -1060,11 +1055,16 @@ def layer_block_scores(
         )
     else:
         scores = oracle_block_scores(q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens)
-    shards = indexer.num_heads // q.shape[1]
-    if shards > 1:  # tensor parallel: head means over the local heads -> the mean over all heads
-        tensor_parallel_rank(shards, cfg.indexer_heads)
-        scores = torch.distributed.nn.functional.all_reduce(scores) / shards
-    return scores
+    return _mean_over_all_heads(module, q, scores)
+
+
+def _mean_over_all_heads(module: torch.nn.Module, q: torch.Tensor, head_mean: torch.Tensor) -> torch.Tensor:
+    """A mean over the local query heads -> the mean over all heads (all-reduce under tensor parallel)."""
+    shards = module.indexer.num_heads // q.shape[1]
+    if shards == 1:
+        return head_mean
+    tensor_parallel_rank(shards, module.indexer.config.indexer_heads)
+    return torch.distributed.nn.functional.all_reduce(head_mean) / shards
 
 
 def sparse_prefill_attention(
@@ -1145,11 +1145,7 @@ def _horizontal_rows(
     probe = row_probe_mass(
         q, k, cfg.block_size, module.scaling, blocks.kv_num_blocks.shape[1], blocks.seq_lens
     )
-    shards = module.indexer.num_heads // q.shape[1]
-    if shards > 1:
-        tensor_parallel_rank(shards, cfg.indexer_heads)
-        probe = torch.distributed.nn.functional.all_reduce(probe) / shards
-    kept = (probe * blocks.to_dense()).sum(-1)
+    kept = (_mean_over_all_heads(module, q, probe) * blocks.to_dense()).sum(-1)
     valid = blocks.kv_num_blocks > 0
     return valid & (kept < cfg.horizontal_threshold)
 
