@@ -6,7 +6,11 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   layer that has an indexer: selector block scores -> ``select_blocks`` -> block-sparse kernel.
 - dense + observed: inside ``distill.distillation_forward`` (the indexer's ``observer`` records
   teacher / student terms from the layer's q/k; the output is the dense one).
-- dense, identical to ``sdpa``: decode steps, chunked prefill, static-cache prefill, prompts shorter
+- sparse decode (``sparse_decode=True``): a one-token step over an unpadded dynamic cache of at
+  least ``min_sparse_len`` tokens: indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel
+  (see ``decode``). Prefills then also fill the layer's indexer K-cache.
+- dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or padded / static-cache /
+  short ones), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
   non-causal modules (vision towers). Each such reason is logged once at debug level.
 
@@ -29,6 +33,7 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
+from .decode import sparse_decode_step, store_prefill_keys
 from .indexer import tensor_parallel_rank
 from .ops import block_sparse_attention
 from .oracle import oracle_block_scores
@@ -94,7 +99,10 @@ def layer_block_scores(
         g = torch.Generator(device=q.device).manual_seed(int(module.layer_idx))
         return torch.rand(B, cfg.indexer_heads, nb, nb, generator=g, device=q.device)
     if cfg.selector == "indexer":
-        return indexer.block_scores(q, k, seq_lens)
+        q_idx, k_idx = indexer(q, k)
+        if cfg.sparse_decode:
+            store_prefill_keys(indexer, k_idx, k)
+        return indexer.block_scores_from(q_idx, k_idx, seq_lens)
     if cfg.selector == "patterns":
         scores = pattern_block_scores(
             q, k, cfg.block_size, module.scaling, cfg.indexer_heads, seq_lens, cfg.probe_queries
@@ -144,9 +152,18 @@ def sparse_prefill_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     q_len, kv_len = query.shape[2], key.shape[2]
+    sparse_decode = indexer is not None and indexer.config.sparse_decode
     reason = None
     if indexer is None:
         reason = "dense layer"
+    elif q_len == 1 and kv_len > 1 and sparse_decode:
+        if attention_mask is not None:
+            reason = "decode with a padding or static-cache mask"
+        elif kv_len < indexer.config.min_sparse_len:
+            reason = "decode over a cache shorter than min_sparse_len"
+        else:
+            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+            return sparse_decode_step(module, query, key, value, scale), None
     elif q_len != kv_len:
         reason = "decode or chunked prefill"
     elif q_len < indexer.config.min_sparse_len:
@@ -155,6 +172,8 @@ def sparse_prefill_attention(
         reason = "non-causal or cache-sized mask"
     if reason is not None:
         _debug_once(reason)
+        if sparse_decode and q_len == kv_len:
+            store_prefill_keys(indexer, None, key)
         return dense_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -166,21 +185,32 @@ def sparse_prefill_attention(
         scaling = query.shape[-1] ** -0.5
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
-    blocks = select_blocks(layer_block_scores(module, q, k, layout.seq_lens), indexer.config, layout.seq_lens)
-    if indexer.config.horizontal_threshold is not None:
-        blocks = with_dense_rows(blocks, _horizontal_rows(module, q, k, blocks))
-    dense_heads = [h for layer, h in indexer.config.retrieval_heads if layer == module.layer_idx]
-    if dense_heads and k.shape[1] != indexer.num_kv_heads:
-        raise NotImplementedError(
-            "retrieval_heads under tensor parallelism (sharded kv heads) is not supported"
-        )
-    if dense_heads:
-        blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
+    blocks = layer_selection(module, q, k, None if attention_mask is None else layout.seq_lens)
     indexer.last_selection = blocks
     out, _ = block_sparse_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def layer_selection(
+    module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor | None = None
+) -> BlockList:
+    """Everything a layer's config asks for between its q/k and the kernel: selector scores, the
+    budget rule, horizontal dense rows and retrieval heads. ``seq_lens`` None = no padding."""
+    cfg = module.indexer.config
+    lens = seq_lens if seq_lens is not None else torch.full((q.shape[0],), q.shape[2], device=q.device)
+    blocks = select_blocks(layer_block_scores(module, q, k, lens), cfg, seq_lens)
+    if cfg.horizontal_threshold is not None:
+        blocks = with_dense_rows(blocks, _horizontal_rows(module, q, k, blocks))
+    dense_heads = [h for layer, h in cfg.retrieval_heads if layer == module.layer_idx]
+    if dense_heads and k.shape[1] != module.indexer.num_kv_heads:
+        raise NotImplementedError(
+            "retrieval_heads under tensor parallelism (sharded kv heads) is not supported"
+        )
+    if dense_heads:
+        blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
+    return blocks
 
 
 def _horizontal_rows(

@@ -93,25 +93,67 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.what == "selection":
         from .bench.kernels import selection_cost
 
-        rows = [selection_cost(S, block=args.block_size) for S in _ints(args.seq_lens)]
-        for r in rows:
-            print(r, flush=True)
+        rows = []
+        for method in args.methods.split(","):
+            for S in _ints(args.seq_lens):
+                rows.append(selection_cost(S, block=args.block_size, method=method))
+                print(rows[-1], flush=True)
         cols = [
             "shape",
+            "method",
             "seq_len",
             "block",
+            "density",
             "total_ms",
             "scoring_ms",
-            "selection_ms",
             "peak_extra_mib",
             "s_by_s_bf16_mib",
         ]
-        paths = report.save("selection", args.out, rows, cols, "Indexer scoring + selection cost (one layer)")
+        paths = report.save("selection", args.out, rows, cols, "Selection cost per method (one layer)")
+    elif args.what == "decode":
+        from .bench.decode import attention_rows, end_to_end_rows
+
+        densities = [d for d in _floats(args.densities) if d < 1.0]
+        rows = attention_rows(_ints(args.seq_lens), _ints(args.batches), densities, block=args.block_size)
+        cols = [
+            "batch",
+            "seq_len",
+            "density",
+            "sdpa_ms",
+            "kernel_all_blocks_ms",
+            "step_ms",
+            "kernel_ms",
+            "speedup_step_vs_sdpa",
+            "speedup_kernel_vs_sdpa",
+            "gate_rel_err",
+        ]
+        paths = report.save(
+            "decode_attention", args.out, rows, cols, "Decode attention, one Qwen3-8B layer, one step"
+        )
+        cases = [c.split("x") for c in args.e2e_cases.split(",") if c]
+        e2e = end_to_end_rows([(int(b), _ints(s)[0]) for b, s in cases], densities[0], block=args.block_size)
+        cols = [
+            "batch",
+            "seq_len",
+            "density",
+            "dense_ms",
+            "sparse_ms",
+            "speedup",
+            "cache_cat_ms",
+            "kv_cache_gib",
+            "indexer_kcache_bf16_mib",
+            "indexer_kcache_4bit_mib",
+        ]
+        paths.update(
+            report.save("decode_e2e", args.out, e2e, cols, "Decode per token, Qwen3-8B shape, DynamicCache")
+        )
     elif args.what == "ttft":
         from .bench.ttft import run as run_ttft
 
         budgets = [{"density": 0.1}, {"density": 0.05}, {"top_k": 4096 // args.block_size}]
-        rows = run_ttft("qwen3-8b", _ints(args.seq_lens), budgets, block=args.block_size)
+        rows = []
+        for shape in args.shapes.split(","):
+            rows += run_ttft(shape, _ints(args.seq_lens), budgets, block=args.block_size)
         cols = [
             "model",
             "seq_len",
@@ -126,7 +168,7 @@ def _bench(args: argparse.Namespace) -> int:
             "gate_rel_err_density_1",
         ]
         paths = report.save(
-            "ttft", args.out, rows, cols, "Prefill time (TTFT), Qwen3-8B shape, random weights"
+            "ttft", args.out, rows, cols, "Prefill time (TTFT), full-size shapes, random weights"
         )
     elif args.what == "distill":
         from .bench.distill import run as run_distill
@@ -316,12 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None)
     ev.add_argument("--out", default="results/eval")
     ev.set_defaults(func=_eval)
-    bench = sub.add_parser("bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft")
-    bench.add_argument("what", choices=["kernels", "selection", "memory", "distill", "ttft"])
+    bench = sub.add_parser(
+        "bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft | decode"
+    )
+    bench.add_argument("what", choices=["kernels", "selection", "memory", "distill", "ttft", "decode"])
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")
     bench.add_argument("--seq-lens", default="16k,32k,64k,128k", help="comma list; 'k' = x1024")
     bench.add_argument("--densities", default="1.0,0.2,0.1,0.05")
     bench.add_argument("--block-size", type=int, default=128)
+    bench.add_argument(
+        "--methods",
+        default="indexer,indexer_topp,indexer_dual_topp,retrieval_heads,patterns,patterns_horizontal",
+        help="selection: the selection methods to time",
+    )
+    bench.add_argument("--batches", default="1,8", help="decode: batch sizes of the attention-only rows")
+    bench.add_argument(
+        "--e2e-cases", default="1x32k,1x128k,8x32k", help="decode: BATCHxLENGTH cases timed end to end"
+    )
     bench.add_argument("--no-flex", action="store_true", help="skip FlexAttention baselines")
     bench.add_argument("--out", default="results", help="folder for JSON / markdown / PNG")
     bench.set_defaults(func=_bench)

@@ -76,6 +76,7 @@ class Indexer(nn.Module):
         self.observer = (
             None  # set by distill.distillation_forward: called with the layer's q/k instead of running sparse
         )
+        self.kcache = None  # decode.IndexerKCache of the cached tokens, when config.sparse_decode
         self.reset_parameters()
 
     @torch.no_grad()
@@ -96,7 +97,15 @@ class Indexer(nn.Module):
         Projects head by head (a batched matmul summed over heads) instead of transposing q / k into
         [B, S, H * D], which would copy the full query states (1 GiB at 128K tokens for Qwen3-8B).
         """
-        return self._project(q, self.q_proj.weight), self._project(k, self.k_proj.weight)
+        return self.queries(q), self.keys(k)
+
+    def queries(self, q: torch.Tensor) -> torch.Tensor:
+        """Indexer queries [B, G, S, d] of the layer's query states [B, Hq, S, D]."""
+        return self._project(q, self.q_proj.weight)
+
+    def keys(self, k: torch.Tensor) -> torch.Tensor:
+        """Indexer keys [B, G, S, d] of the layer's key states [B, Hkv, S, D] (what the K-cache holds)."""
+        return self._project(k, self.k_proj.weight)
 
     def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         G, d = self.config.indexer_heads, self.config.indexer_dim
@@ -115,7 +124,12 @@ class Indexer(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Pooled indexer attention mass [B, G, nQ, nK] (float32, rows sum to 1 on valid blocks)."""
-        q_idx, k_idx = self(q, k)
+        return self.block_scores_from(*self(q, k), seq_lens)
+
+    def block_scores_from(
+        self, q_idx: torch.Tensor, k_idx: torch.Tensor, seq_lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``block_scores`` from already projected indexer queries / keys [B, G, S, d]."""
         return pooled_attention_mass(
             q_idx,
             k_idx,

@@ -19,6 +19,7 @@ more than the layer allows, and the layer total is bounded by both rules.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,9 +69,12 @@ def select_blocks(
     B, G, nq, nk = scores.shape
     dev = scores.device
     bs = config.block_size
-    lens = torch.full((B,), nq * bs, device=dev) if seq_lens is None else seq_lens.to(dev)
-    if num_blocks(int(lens.max()), bs) > nq:
-        raise ValueError(f"seq_lens up to {int(lens.max())} need more than {nq} blocks of {bs}")
+    if seq_lens is None:
+        lens = torch.full((B,), nq * bs, device=dev)
+    else:
+        lens = seq_lens.to(dev)
+        if num_blocks(int(lens.max()), bs) > nq:
+            raise ValueError(f"seq_lens up to {int(lens.max())} need more than {nq} blocks of {bs}")
     qb = torch.arange(nq, device=dev)[:, None]
     kb = torch.arange(nk, device=dev)[None, :]
     n_valid = (lens.long() + bs - 1) // bs
@@ -95,12 +99,57 @@ def select_blocks(
             count = torch.minimum(count, _layer_top_p_count(mass, forced, config.layer_top_p))
         count = torch.maximum(count, n_forced)
     count = torch.minimum(count, n_cand).expand(B, G, nq)
-    width = max(1, int(count.max()))
+    width = _width_bound(config, nk)
     chosen = order[..., :width]
     used = torch.arange(width, device=dev) < count[..., None]
     chosen = torch.sort(torch.where(used, chosen, nk), dim=-1).values
     chosen = torch.where(used, chosen, 0)
     return BlockList(count.to(torch.int32), chosen.to(torch.int32).contiguous(), bs, lens)
+
+
+def _width_bound(config: SparseAttentionConfig, nk: int) -> int:
+    """An upper bound on the blocks any row keeps, from the config and shapes alone: the block list's
+    width is then known without reading the counts back from the device (no host sync)."""
+    name, value = config.budget
+    if name == "top_p" or config.dense_tail_blocks:
+        return nk
+    forced = config.sink_blocks + config.local_blocks
+    budget = value if name == "top_k" else math.ceil(nk * value - 1e-6)
+    return max(1, min(nk, max(forced, budget)))
+
+
+def select_decode_blocks(
+    scores: torch.Tensor, config: SparseAttentionConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key blocks for one decode query per row from ``scores`` [B, G, nK] (every block is causal):
+    sink blocks and the last ``local_blocks`` blocks are forced, the budget rule (as in prefill, with
+    ``nK`` candidates) ranks the rest. Returns (kv_num_blocks [B, G], kv_indices [B, G, W]) int32, in
+    score order; W depends only on the config and ``nK``.
+    """
+    if scores.dim() != 3:
+        raise ValueError(f"decode scores must be [B, G, nK], got {tuple(scores.shape)}")
+    B, G, nk = scores.shape
+    kb = torch.arange(nk, device=scores.device)
+    forced = (kb < config.sink_blocks) | (kb >= nk - config.local_blocks)
+    n_forced = min(nk, config.sink_blocks + config.local_blocks)
+    s = scores.float()
+    prio = torch.where(forced, float("inf"), s)
+    name, value = config.budget
+    if name == "top_p":
+        order = torch.sort(prio, dim=-1, descending=True, stable=True).indices
+        mass = s.clamp(min=0)[:, :, None]
+        n_cand = torch.full((B, G, 1), nk, device=scores.device)
+        count = _top_p_count(mass, order[:, :, None], value, n_cand)
+        if config.layer_top_p is not None:
+            count = torch.minimum(
+                count, _layer_top_p_count(mass, forced.expand(1, 1, 1, nk), config.layer_top_p)
+            )
+        count = torch.clamp(count, min=n_forced, max=nk)[..., 0]
+        return count.to(torch.int32), order.to(torch.int32).contiguous()
+    width = min(nk, max(n_forced, value if name == "top_k" else math.ceil(nk * value - 1e-6)))
+    chosen = torch.topk(prio, width, dim=-1, sorted=False).indices
+    count = torch.full((B, G), width, dtype=torch.int32, device=scores.device)
+    return count, chosen.to(torch.int32).contiguous()
 
 
 def _layer_top_p_count(mass: torch.Tensor, forced: torch.Tensor, p: float) -> torch.Tensor:
@@ -161,7 +210,7 @@ def with_dense_rows(blocks: BlockList, rows: torch.Tensor) -> BlockList:
     B, G, nq, _ = blocks.kv_indices.shape
     causal = causal_block_counts(blocks.seq_lens, blocks.block_size, nq).to(blocks.kv_num_blocks.dtype)
     counts = torch.where(rows, causal[:, None, :], blocks.kv_num_blocks)
-    width = max(1, int(counts.max()))
+    width = nq
     indices = blocks.kv_indices
     if width > indices.shape[-1]:
         indices = torch.nn.functional.pad(indices, (0, width - indices.shape[-1]))

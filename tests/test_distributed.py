@@ -68,3 +68,16 @@ def test_sharded_heads_without_torch_distributed_raise():
     q, k = torch.randn(1, 4, 64, 16), torch.randn(1, 1, 64, 16)
     with pytest.raises(ValueError, match="torch.distributed is not initialized"):
         sparse_prefill_attention(model.model.layers[0].self_attn, q, k, k, None)
+
+
+def test_tp_plan_auto_sparse_prefill_and_decode_match_one_process(tmp_path):
+    """The real path: transformers shards the heads of a saved checkpoint over 2 gloo ranks."""
+    from conftest import build, qwen3_config
+
+    build(qwen3_config()).save_pretrained(tmp_path / "ckpt")
+    single = _run([sys.executable, str(HERE / "tp_plan_worker.py"), str(tmp_path / "ckpt")], tmp_path)
+    tp = _run(_two_ranks("tp_plan_worker.py", str(tmp_path / "ckpt")), tmp_path)
+    assert tp["world"] == 2 and single["world"] == 1
+    assert tp["prefill_blocks"] == single["prefill_blocks"]
+    assert tp["decode_blocks"] == single["decode_blocks"]
+    assert max(abs(a - b) for a, b in zip(tp["logits"], single["logits"], strict=True)) < 1e-4

@@ -57,3 +57,58 @@ def test_model_full_density_matches_sdpa_on_cuda():
     ref = dense(ids, attention_mask=mask).logits.float()
     out = sparse(ids, attention_mask=mask).logits.float()
     assert rel_err(out[0], ref[0]) < BF16_REL and rel_err(out[1, 500:], ref[1, 500:]) < BF16_REL
+
+
+@pytest.mark.parametrize("L", [4096, 32768, 131072])
+@pytest.mark.parametrize("B,Hq,Hkv,D", [(1, 32, 8, 128), (8, 32, 8, 128), (1, 16, 4, 256)])
+def test_sparse_decode_bf16(L, B, Hq, Hkv, D):
+    from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention as ref_fn
+    from hf_sparse_attn.ops.sparse_decode.triton import sparse_decode_attention_triton
+    from hf_sparse_attn.selection import select_decode_blocks
+
+    torch.manual_seed(L + B)
+    q = torch.randn(B, Hq, 1, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, Hkv, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    cfg = SparseAttentionConfig(block_size=64, density=0.1)
+    num, idx = select_decode_blocks(torch.rand(B, 1, L // 64, device="cuda"), cfg)
+    ref, ref_lse = ref_fn(q, k, v, num, idx, 64, D**-0.5)
+    out, lse = sparse_decode_attention_triton(q, k, v, num, idx, 64, D**-0.5)
+    assert rel_err(out, ref) < BF16_REL
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-2, atol=1e-2)
+
+
+@torch.no_grad()
+def test_attention_path_never_waits_on_the_host():
+    """Sparse prefill and sparse decode of one layer under CUDA's sync debug mode set to error."""
+    from conftest import build, qwen3_config
+
+    from hf_sparse_attn.attention import sparse_prefill_attention
+
+    model = build(qwen3_config(num_heads=8, num_kv_heads=2, head_dim=64)).cuda().to(torch.bfloat16)
+    cfg = SparseAttentionConfig(block_size=64, density=0.1, min_sparse_len=1024, sparse_decode=True)
+    module = attach_indexer(model, cfg).model.layers[0].self_attn
+    q, k, v = (torch.randn(1, h, 4096, 64, device="cuda", dtype=torch.bfloat16) for h in (8, 2, 2))
+    sparse_prefill_attention(module, q, k, v, None)
+    sparse_prefill_attention(module, q[:, :, -1:], k, v, None)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sparse_prefill_attention(module, q, k, v, None)
+        k2, v2 = torch.cat([k, k[:, :, :1]], 2), torch.cat([v, v[:, :, :1]], 2)
+        sparse_prefill_attention(module, q[:, :, -1:], k2, v2, None)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@torch.no_grad()
+def test_sparse_decode_generate_full_density_matches_dense_on_cuda():
+    from conftest import build, qwen3_config, twin
+
+    dense = build(qwen3_config(num_heads=8, num_kv_heads=2, head_dim=64)).cuda().to(torch.bfloat16)
+    cfg = SparseAttentionConfig(block_size=64, density=1.0, min_sparse_len=1024, sparse_decode=True)
+    sparse = attach_indexer(twin(dense), cfg)
+    ids = torch.randint(0, 128, (2, 3000), device="cuda")
+    kw = {"max_new_tokens": 8, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+    a, b = dense.generate(ids, **kw), sparse.generate(ids, **kw)
+    assert rel_err(torch.stack(b.logits), torch.stack(a.logits)) < BF16_REL
+    assert sparse.model.layers[0].self_attn.indexer.kcache.length == 3000 + 7

@@ -15,7 +15,7 @@ from functools import partial
 import torch
 
 from ..config import SparseAttentionConfig
-from ..ops import block_sparse_attention, pooled_attention_mass
+from ..ops import block_sparse_attention
 from ..selection import BlockList, select_blocks
 
 SHAPES = {"qwen3-8b": (32, 8, 128), "qwen3.5-9b": (16, 4, 256)}
@@ -237,42 +237,60 @@ def run(
     return rows
 
 
-def selection_cost(seq_len: int, shape: str = "qwen3-8b", block: int = 64, density: float = 0.1) -> dict:
-    """Indexer projection + pooled scoring + selection for one layer at ``seq_len``; time and extra memory."""
-    from ..indexer import Indexer
+SELECTION_METHODS = {
+    "indexer": {"density": 0.1},
+    "indexer_topp": {"top_p": 0.9},
+    "indexer_dual_topp": {"top_p": 0.9, "layer_top_p": 0.8},
+    "retrieval_heads": {"density": 0.1, "retrieval_heads": [[0, 0], [0, 3]]},
+    "patterns": {"selector": "patterns", "density": 0.1},
+    "patterns_horizontal": {"selector": "patterns", "density": 0.1, "horizontal_threshold": 0.8},
+}
+
+
+class _SelectionLayer(torch.nn.Module):
+    """The attributes ``attention.layer_selection`` reads from an attention module."""
+
+    def __init__(self, Hq: int, Hkv: int, D: int, cfg: SparseAttentionConfig) -> None:
+        from ..indexer import Indexer
+
+        super().__init__()
+        self.layer_idx, self.scaling = 0, D**-0.5
+        self.indexer = Indexer(Hq, Hkv, D, cfg, layer_idx=0).to("cuda", torch.bfloat16)
+
+
+def selection_cost(seq_len: int, shape: str = "qwen3-8b", block: int = 64, method: str = "indexer") -> dict:
+    """One layer's selection as the attention function runs it (selector scores, budget rule, dense
+    rows / heads) at ``seq_len``: time, kept density and extra memory; scoring alone timed beside."""
+    from ..attention import layer_block_scores, layer_selection
 
     Hq, Hkv, D = SHAPES[shape]
-    dev = "cuda"
-    cfg = SparseAttentionConfig(block_size=block, density=density)
-    indexer = Indexer(Hq, Hkv, D, cfg).to(dev, torch.bfloat16)
-    q = torch.randn(1, Hq, seq_len, D, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(1, Hkv, seq_len, D, device=dev, dtype=torch.bfloat16)
+    cfg = SparseAttentionConfig(block_size=block, **SELECTION_METHODS[method])
+    layer = _SelectionLayer(Hq, Hkv, D, cfg)
+    q = torch.randn(1, Hq, seq_len, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, Hkv, seq_len, D, device="cuda", dtype=torch.bfloat16)
+    lens = torch.full((1,), seq_len, device="cuda")
 
     @torch.no_grad()
     def step():
-        scores = indexer.block_scores(q, k)
-        return select_blocks(scores, cfg)
+        return layer_selection(layer, q, k)
 
-    step()
+    blocks = step()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     step()
     torch.cuda.synchronize()
     peak_extra = torch.cuda.max_memory_allocated() - base
-
-    @torch.no_grad()
-    def score_only():
-        return pooled_attention_mass(*indexer(q, k), block, 0.25, 1)
-
-    scores = score_only()
+    with torch.no_grad():
+        scoring_ms = _bench(lambda: layer_block_scores(layer, q, k, lens))
     return {
         "shape": shape,
+        "method": method,
         "seq_len": seq_len,
         "block": block,
+        "density": float(blocks.density().mean()),
         "total_ms": _bench(step),
-        "scoring_ms": _bench(score_only),
-        "selection_ms": _bench(lambda: select_blocks(scores, cfg)),
+        "scoring_ms": scoring_ms,
         "peak_extra_mib": peak_extra / 2**20,
         "s_by_s_bf16_mib": seq_len * seq_len * 2 / 2**20,
     }

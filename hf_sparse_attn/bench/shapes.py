@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from transformers import Qwen3Config
+from transformers.models.qwen3_5 import Qwen3_5TextConfig
 
 
 def qwen3_8b_config() -> Qwen3Config:
@@ -23,4 +24,10 @@ def qwen3_8b_config() -> Qwen3Config:
     )
 
 
-CONFIGS = {"qwen3-8b": qwen3_8b_config}
+def qwen3_5_9b_config() -> Qwen3_5TextConfig:
+    """Qwen/Qwen3.5-9B's text shape (32 layers, every 4th full attention with 16 q / 4 kv heads of 256,
+    gated delta-net layers with 16 key / 32 value heads of 128), which ``Qwen3_5TextConfig`` defaults to."""
+    return Qwen3_5TextConfig(max_position_embeddings=262144)
+
+
+CONFIGS = {"qwen3-8b": qwen3_8b_config, "qwen3.5-9b": qwen3_5_9b_config}

@@ -22,10 +22,12 @@ from hf_sparse_attn.config import CONFIG_NAME, SparseAttentionConfig
 from hf_sparse_attn.modeling import WEIGHTS_NAME, attach_indexer, load_indexer
 from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
 from hf_sparse_attn.ops.pooled_mass.naive import pooled_attention_mass
+from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention
 
 _remote_logger = logging.getLogger("sparse_prefill")
 _reference_block_sparse_attention = block_sparse_attention
 _reference_pooled_attention_mass = pooled_attention_mass
+_reference_sparse_decode_attention = sparse_decode_attention
 _KERNEL_PIN: dict = {}
 _kernel_state: dict = {}
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -62,6 +64,13 @@ def pooled_attention_mass(q, k, block_size, scale, groups, seq_lens=None):  # no
     kern = _hub_kernels(q)
     fn = kern.pooled_attention_mass if kern is not None else _reference_pooled_attention_mass
     return fn(q, k, block_size, scale, groups, seq_lens)
+
+
+def sparse_decode_attention(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None):  # noqa: F811
+    kern = _hub_kernels(q)
+    reference = _reference_sparse_decode_attention
+    fn = getattr(kern, "sparse_decode_attention", reference) if kern is not None else reference
+    return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
 
 
 class SparsePrefillMixin:

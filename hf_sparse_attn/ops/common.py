@@ -50,3 +50,35 @@ def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
     if H % k.shape[1]:
         raise ValueError(f"query heads ({H}) must be a multiple of key heads ({k.shape[1]})")
     return B, H, S, d
+
+
+def check_decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor
+) -> tuple[int, int, int, int]:
+    """Validate a decode step (q [B, Hq, 1, D], cache k/v [B, Hkv, L, D], block list [B, G] / [B, G, W]);
+    return (B, Hq, L, D)."""
+    if q.dim() != 4 or k.dim() != 4 or q.shape[2] != 1:
+        raise ValueError(
+            f"decode expects q [batch, heads, 1, dim] and k [batch, kv_heads, cache_len, dim], got "
+            f"{tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    B, Hq, _, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or v.shape != k.shape:
+        raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not match q {tuple(q.shape)}")
+    if Hq % k.shape[1]:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key heads ({k.shape[1]})")
+    if kv_num_blocks.dim() != 2 or kv_indices.dim() != 3 or kv_indices.shape[:2] != kv_num_blocks.shape:
+        raise ValueError(
+            f"decode block lists must be kv_num_blocks [B, G] and kv_indices [B, G, W], got "
+            f"{tuple(kv_num_blocks.shape)} and {tuple(kv_indices.shape)}"
+        )
+    G = kv_num_blocks.shape[1]
+    if kv_num_blocks.shape[0] != B or k.shape[1] % G:
+        raise ValueError(
+            f"block list {tuple(kv_num_blocks.shape)} does not fit batch {B} and {k.shape[1]} kv heads "
+            "(the selection groups must divide the kv heads)"
+        )
+    return B, Hq, k.shape[2], D

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 3c356478d23b); do not edit.
+# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 7f9db73049a6); do not edit.
 """Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
 
 Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with
@@ -14,6 +14,7 @@ import torch
 from .block_sparse_attn import naive as _bsa_naive
 from .common import sequence_lengths
 from .pooled_mass import naive as _mass_naive
+from .sparse_decode import naive as _decode_naive
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -79,4 +80,39 @@ def pooled_attention_mass(
     )
 
 
-__all__ = ["BACKENDS", "backend_for", "block_sparse_attention", "pooled_attention_mass"]
+def sparse_decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    block_size: int,
+    scale: float,
+    seq_lens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step over the selected cache blocks; contract in ``sparse_decode/naive.py``."""
+    if backend_for(q) == "reference":
+        return _decode_naive.sparse_decode_attention(
+            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
+        )
+    from .sparse_decode.triton import sparse_decode_fwd
+
+    return sparse_decode_fwd(
+        q,
+        k,
+        v,
+        kv_num_blocks,
+        kv_indices,
+        sequence_lengths(seq_lens, q.shape[0], k.shape[2], q.device, torch.int32),
+        block_size,
+        scale,
+    )
+
+
+__all__ = [
+    "BACKENDS",
+    "backend_for",
+    "block_sparse_attention",
+    "pooled_attention_mass",
+    "sparse_decode_attention",
+]

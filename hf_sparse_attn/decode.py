@@ -1,0 +1,126 @@
+"""Sparse decode: each new token attends to the cache blocks its indexer query picks.
+
+The indexer keys of every cached token live in an ``IndexerKCache`` on the layer's indexer (filled
+at prefill, one entry appended per decode step, in the model dtype or 4 bits). A decode step scores
+the key blocks with the indexer's softmax mass pooled per block (the prefill score, for one query
+row), keeps the budget's blocks plus sink and local blocks (``selection.select_decode_blocks``) and
+runs the split-KV decode kernel on them: per layer one projection, a few small scoring ops and two
+kernel launches, all sized from shapes, so nothing waits on the host.
+
+The K-cache follows the sequence by length: if its length is not the KV cache's minus one (a cache
+built by chunked prefill, a cache from another call, a changed batch), it is rebuilt from the keys
+the layer receives (correct, one projection of the whole cache) and that is logged once at debug
+level. Beam search reorders the KV cache behind the layer's back: keep ``sparse_decode`` off there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from .ops import sparse_decode_attention
+from .ops.kcache_quant.naive import dequantize, quantize
+from .selection import select_decode_blocks
+
+logger = logging.getLogger("hf_sparse_attn")
+_decode_logged: set[str] = set()
+
+
+def _decode_debug_once(message: str) -> None:
+    if message not in _decode_logged:
+        _decode_logged.add(message)
+        logger.debug("sparse_decode: %s; logged once", message)
+
+
+class IndexerKCache:
+    """Indexer keys [B, G, L, d] of one layer's cached tokens, grown in place (capacity doubles).
+
+    ``fmt`` "native" keeps the indexer's dtype; "int4" / "fp4" keep 4-bit codes with an FP8 scale
+    per 16 values (``ops.kcache_quant``), dequantized when a step reads them.
+    """
+
+    def __init__(self, k_idx: torch.Tensor, fmt: str = "native") -> None:
+        self.fmt = fmt
+        self.dtype = k_idx.dtype
+        self.batch, self.groups, _, self.dim = k_idx.shape
+        self.length = 0
+        self._store: list[torch.Tensor] = []
+        self.append(k_idx)
+
+    def _encode(self, k_idx: torch.Tensor) -> list[torch.Tensor]:
+        if self.fmt == "native":
+            return [k_idx]
+        return list(quantize(k_idx, self.fmt))
+
+    def append(self, k_idx: torch.Tensor) -> None:
+        parts = self._encode(k_idx)
+        new = self.length + k_idx.shape[2]
+        if not self._store or new > self._store[0].shape[2]:
+            capacity = max(new, 2 * self.length, 256)
+            grown = [p.new_empty(*p.shape[:2], capacity, p.shape[3]) for p in parts]
+            for old, g in zip(self._store, grown, strict=False):  # no old store on the first append
+                g[:, :, : self.length] = old[:, :, : self.length]
+            self._store = grown
+        for store, p in zip(self._store, parts, strict=True):
+            store[:, :, self.length : new] = p
+        self.length = new
+
+    def keys(self) -> torch.Tensor:
+        """The cached indexer keys [B, G, L, d] in the indexer's dtype."""
+        parts = [s[:, :, : self.length] for s in self._store]
+        if self.fmt == "native":
+            return parts[0]
+        return dequantize(*parts, self.fmt, dtype=self.dtype)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached entries (not the spare capacity)."""
+        return sum(s[:, :, : self.length].nbytes for s in self._store)
+
+
+def store_prefill_keys(indexer: torch.nn.Module, k_idx: torch.Tensor | None, key: torch.Tensor) -> None:
+    """Start the layer's K-cache at a prefill (from ``k_idx`` when the sparse path already has it)."""
+    if k_idx is None:
+        k_idx = indexer.keys(key)
+    indexer.kcache = IndexerKCache(k_idx, indexer.config.indexer_cache_format)
+
+
+def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor) -> IndexerKCache:
+    cache, L = indexer.kcache, key.shape[2]
+    if cache is not None and cache.length == L - 1 and cache.batch == key.shape[0]:
+        cache.append(indexer.keys(key[:, :, L - 1 :]))
+    else:
+        _decode_debug_once("indexer K-cache rebuilt from the KV cache (it did not follow this cache)")
+        store_prefill_keys(indexer, None, key)
+    return indexer.kcache
+
+
+def decode_block_scores(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, block_size: int, scale: float
+) -> torch.Tensor:
+    """Indexer softmax mass of one query row pooled per key block: q_idx [B, G, 1, d], k_idx
+    [B, G, L, d] -> float32 [B, G, ceil(L / block_size)] (rows sum to 1)."""
+    L = k_idx.shape[2]
+    logits = torch.matmul(q_idx.float(), k_idx.float().transpose(-1, -2))[:, :, 0] * scale
+    probs = torch.softmax(logits, dim=-1)
+    nk = -(-L // block_size)
+    probs = torch.nn.functional.pad(probs, (0, nk * block_size - L))
+    return probs.view(*probs.shape[:2], nk, block_size).sum(-1)
+
+
+def sparse_decode_step(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """One decode step of a layer: query [B, Hq, 1, D] over the cache key/value [B, Hkv, L, D] ->
+    attention output [B, 1, Hq, D] (the layout attention functions return)."""
+    indexer = module.indexer
+    cfg = indexer.config
+    cache = _kcache_for_step(indexer, key)
+    scores = decode_block_scores(
+        indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim)
+    )
+    num, idx = select_decode_blocks(scores, cfg)
+    indexer.last_decode_selection = (num, idx)
+    out, _ = sparse_decode_attention(query, key, value, num, idx, cfg.block_size, scaling)
+    return out.transpose(1, 2).contiguous()
