@@ -19,6 +19,8 @@ DEFAULTS = [
     "0.125",
     "--min-sparse-len",
     "2048",
+    "--dense-tail-blocks",
+    "1",
     "--logging-steps",
     "25",
     "--save-steps",
