@@ -20,8 +20,6 @@ The mask function returns ``None`` (causal, no padding) or, for padded prefills,
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.distributed.nn
 from transformers import AttentionInterface
@@ -35,6 +33,7 @@ from transformers.masking_utils import (
 
 from .decode import sparse_decode_step, store_prefill_keys
 from .indexer import tensor_parallel_rank
+from .log import debug_once
 from .ops import block_sparse_attention
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
@@ -42,14 +41,10 @@ from .patterns import pattern_block_scores, row_probe_mass
 from .selection import BlockList, select_blocks, with_dense_groups, with_dense_rows
 
 ATTENTION_NAME = "sparse_prefill"
-logger = logging.getLogger("hf_sparse_attn")
-_logged: set[str] = set()
 
 
 def _debug_once(reason: str) -> None:
-    if reason not in _logged:
-        _logged.add(reason)
-        logger.debug("sparse_prefill: dense path (%s); logged once", reason)
+    debug_once(f"sparse_prefill: dense path ({reason})")
 
 
 def sparse_prefill_mask(*args, **kwargs) -> torch.Tensor | None:

@@ -15,23 +15,14 @@ level. Beam search reorders the KV cache behind the layer's back: keep ``sparse_
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 
+from .log import debug_once
 from .ops import sparse_decode_attention
 from .ops.kcache_quant.naive import dequantize, quantize
 from .selection import select_decode_blocks
-
-logger = logging.getLogger("hf_sparse_attn")
-_decode_logged: set[str] = set()
-
-
-def _decode_debug_once(message: str) -> None:
-    if message not in _decode_logged:
-        _decode_logged.add(message)
-        logger.debug("sparse_decode: %s; logged once", message)
 
 
 class IndexerKCache:
@@ -91,7 +82,7 @@ def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor) -> IndexerKCac
     if cache is not None and cache.length == L - 1 and cache.batch == key.shape[0]:
         cache.append(indexer.keys(key[:, :, L - 1 :]))
     else:
-        _decode_debug_once("indexer K-cache rebuilt from the KV cache (it did not follow this cache)")
+        debug_once("sparse_decode: indexer K-cache rebuilt from the KV cache (it did not follow this cache)")
         store_prefill_keys(indexer, None, key)
     return indexer.kcache
 

@@ -6,7 +6,6 @@ file fits every wrapper of the same backbone (CausalLM, the multimodal Qwen3.5 c
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -20,7 +19,6 @@ from .indexer import Indexer
 WEIGHTS_NAME = "indexer.safetensors"
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_5", "qwen3_5_text")
 SUPPORTED_ATTENTION_CLASSES = ("Qwen3Attention", "Qwen3_5Attention")
-logger = logging.getLogger("hf_sparse_attn")
 
 
 def _text_config(model: nn.Module):

@@ -25,6 +25,7 @@ RUNTIME_MODULES = [
     "selection.py",
     "padding.py",
     "indexer.py",
+    "log.py",
     "decode.py",
     "attention.py",
     "modeling.py",
