@@ -180,7 +180,7 @@ def sparse_prefill_attention(
         scaling = query.shape[-1] ** -0.5
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
-    blocks = layer_selection(module, q, k, None if attention_mask is None else layout.seq_lens)
+    blocks = layer_selection(module, q, k, layout.seq_lens)
     indexer.last_selection = blocks
     out, _ = block_sparse_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
@@ -195,7 +195,8 @@ def layer_selection(
     budget rule, horizontal dense rows and retrieval heads. ``seq_lens`` None = no padding."""
     cfg = module.indexer.config
     lens = seq_lens if seq_lens is not None else torch.full((q.shape[0],), q.shape[2], device=q.device)
-    blocks = select_blocks(layer_block_scores(module, q, k, lens), cfg, seq_lens)
+    scores = layer_block_scores(module, q, k, lens)
+    blocks = select_blocks(scores, cfg, lens, check_lengths=False)  # lens <= q.shape[2] by construction
     if cfg.horizontal_threshold is not None:
         blocks = with_dense_rows(blocks, _horizontal_rows(module, q, k, blocks))
     dense_heads = [h for layer, h in cfg.retrieval_heads if layer == module.layer_idx]

@@ -61,9 +61,17 @@ def causal_block_counts(seq_lens: torch.Tensor, block_size: int, nq: int) -> tor
 
 
 def select_blocks(
-    scores: torch.Tensor, config: SparseAttentionConfig, seq_lens: torch.Tensor | None = None
+    scores: torch.Tensor,
+    config: SparseAttentionConfig,
+    seq_lens: torch.Tensor | None = None,
+    check_lengths: bool = True,
 ) -> BlockList:
-    """Select key blocks from ``scores`` [B, G, nQ, nK] (any non-negative per-block score)."""
+    """Select key blocks from ``scores`` [B, G, nQ, nK] (any non-negative per-block score).
+
+    ``seq_lens`` [B] are the valid lengths (None: every row fills its ``nQ`` blocks). The check that
+    they fit the blocks reads them on the host; ``check_lengths=False`` skips it (and the device sync)
+    for lengths that come from the same tensors' shapes.
+    """
     if scores.dim() != 4 or scores.shape[-1] != scores.shape[-2]:
         raise ValueError(f"scores must be [B, G, nQ, nK] with nQ == nK, got {tuple(scores.shape)}")
     B, G, nq, nk = scores.shape
@@ -73,7 +81,7 @@ def select_blocks(
         lens = torch.full((B,), nq * bs, device=dev)
     else:
         lens = seq_lens.to(dev)
-        if num_blocks(int(lens.max()), bs) > nq:
+        if check_lengths and num_blocks(int(lens.max()), bs) > nq:
             raise ValueError(f"seq_lens up to {int(lens.max())} need more than {nq} blocks of {bs}")
     qb = torch.arange(nq, device=dev)[:, None]
     kb = torch.arange(nk, device=dev)[None, :]

@@ -205,3 +205,17 @@ def test_horizontal_threshold_extremes_reduce_to_dense_and_to_plain_selection():
     torch.testing.assert_close(outs["zero"], outs["plain"], rtol=0, atol=0)
     torch.testing.assert_close(outs["one"], ref, rtol=1e-4, atol=1e-4)
     assert outs["plain_density"] < 0.5 and outs["one_density"] == 1.0
+
+
+def test_horizontal_rows_on_an_unpadded_prompt_that_ends_mid_block():
+    """Regression: the block list must carry the true length (203), not the block-rounded 208."""
+    model = attach_indexer(
+        build(qwen3_config(), attn="sparse_prefill"),
+        SparseAttentionConfig(
+            block_size=16, density=0.2, min_sparse_len=16, selector="patterns", horizontal_threshold=0.5
+        ),
+    )
+    with torch.no_grad():
+        model(torch.randint(0, 128, (1, 203), generator=torch.Generator().manual_seed(0)))
+    blocks = model.model.layers[0].self_attn.indexer.last_selection
+    assert blocks.seq_lens.tolist() == [203]
