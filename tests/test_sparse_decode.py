@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import build, qwen3_config
 
-from hf_sparse_attn import SparseAttentionConfig, attach_indexer, select_blocks
+from hf_sparse_attn import SparseAttentionConfig, attach_indexer, indexers, select_blocks
 from hf_sparse_attn.decode import IndexerKCache, decode_block_scores
 from hf_sparse_attn.ops.kcache_quant.naive import bytes_per_vector, dequantize, quantize
 from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention
@@ -173,14 +173,15 @@ def _generate(model, ids, **kw):
     return out.sequences, torch.stack(out.logits)
 
 
-def test_generate_full_density_sparse_decode_matches_dense():
+def test_generate_full_density_sparse_decode_matches_dense(tiny_config):
     ids = torch.randint(0, 128, (2, 150), generator=torch.Generator().manual_seed(0))
-    seq_d, logits_d = _generate(build(qwen3_config()), ids)
-    model = _decode_model(1.0)
+    seq_d, logits_d = _generate(build(tiny_config), ids)
+    cfg = SparseAttentionConfig(block_size=16, density=1.0, min_sparse_len=64, sparse_decode=True)
+    model = attach_indexer(build(tiny_config), cfg)
     seq_s, logits_s = _generate(model, ids)
     assert torch.equal(seq_d, seq_s)
     assert rel_err(logits_s, logits_d) < 1e-5
-    indexer = model.model.layers[0].self_attn.indexer
+    indexer = next(iter(indexers(model).values()))
     assert indexer.kcache.length == 150 + 5
     assert int(indexer.last_decode_selection[0].min()) == math.ceil((150 + 5) / 16)
 
