@@ -842,9 +842,17 @@ def causal_block_counts(seq_lens: torch.Tensor, block_size: int, nq: int) -> tor
 
 
 def select_blocks(
-    scores: torch.Tensor, config: SparseAttentionConfig, seq_lens: torch.Tensor | None = None
+    scores: torch.Tensor,
+    config: SparseAttentionConfig,
+    seq_lens: torch.Tensor | None = None,
+    check_lengths: bool = True,
 ) -> BlockList:
-    """Select key blocks from ``scores`` [B, G, nQ, nK] (any non-negative per-block score)."""
+    """Select key blocks from ``scores`` [B, G, nQ, nK] (any non-negative per-block score).
+
+    ``seq_lens`` [B] are the valid lengths (None: every row fills its ``nQ`` blocks). The check that
+    they fit the blocks reads them on the host; ``check_lengths=False`` skips it (and the device sync)
+    for lengths that come from the same tensors' shapes.
+    """
     if scores.dim() != 4 or scores.shape[-1] != scores.shape[-2]:
         raise ValueError(f"scores must be [B, G, nQ, nK] with nQ == nK, got {tuple(scores.shape)}")
     B, G, nq, nk = scores.shape
@@ -854,7 +862,7 @@ def select_blocks(
         lens = torch.full((B,), nq * bs, device=dev)
     else:
         lens = seq_lens.to(dev)
-        if num_blocks(int(lens.max()), bs) > nq:
+        if check_lengths and num_blocks(int(lens.max()), bs) > nq:
             raise ValueError(f"seq_lens up to {int(lens.max())} need more than {nq} blocks of {bs}")
     qb = torch.arange(nq, device=dev)[:, None]
     kb = torch.arange(nk, device=dev)[None, :]
@@ -1505,7 +1513,7 @@ def sparse_prefill_attention(
         scaling = query.shape[-1] ** -0.5
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
-    blocks = layer_selection(module, q, k, None if attention_mask is None else layout.seq_lens)
+    blocks = layer_selection(module, q, k, layout.seq_lens)
     indexer.last_selection = blocks
     out, _ = block_sparse_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
@@ -1520,7 +1528,8 @@ def layer_selection(
     budget rule, horizontal dense rows and retrieval heads. ``seq_lens`` None = no padding."""
     cfg = module.indexer.config
     lens = seq_lens if seq_lens is not None else torch.full((q.shape[0],), q.shape[2], device=q.device)
-    blocks = select_blocks(layer_block_scores(module, q, k, lens), cfg, seq_lens)
+    scores = layer_block_scores(module, q, k, lens)
+    blocks = select_blocks(scores, cfg, lens, check_lengths=False)  # lens <= q.shape[2] by construction
     if cfg.horizontal_threshold is not None:
         blocks = with_dense_rows(blocks, _horizontal_rows(module, q, k, blocks))
     dense_heads = [h for layer, h in cfg.retrieval_heads if layer == module.layer_idx]
