@@ -157,8 +157,7 @@ def sparse_prefill_attention(
         elif kv_len < indexer.config.min_sparse_len:
             reason = "decode over a cache shorter than min_sparse_len"
         else:
-            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-            return sparse_decode_step(module, query, key, value, scale), None
+            return sparse_decode_step(module, query, key, value, _scaling(query, scaling)), None
     elif q_len != kv_len:
         reason = "decode or chunked prefill"
     elif q_len < indexer.config.min_sparse_len:
@@ -176,8 +175,7 @@ def sparse_prefill_attention(
         raise ValueError(
             "sparse_prefill does not support attention dropout; set config.attention_dropout = 0"
         )
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
+    scaling = _scaling(query, scaling)
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = layer_selection(module, q, k, layout.seq_lens)
@@ -186,6 +184,10 @@ def sparse_prefill_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def _scaling(query: torch.Tensor, scaling: float | None) -> float:
+    return query.shape[-1] ** -0.5 if scaling is None else scaling
 
 
 def layer_selection(

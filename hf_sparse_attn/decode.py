@@ -35,10 +35,13 @@ class IndexerKCache:
     def __init__(self, k_idx: torch.Tensor, fmt: str = "native") -> None:
         self.fmt = fmt
         self.dtype = k_idx.dtype
-        self.batch, self.groups, _, self.dim = k_idx.shape
         self.length = 0
         self._store: list[torch.Tensor] = []
         self.append(k_idx)
+
+    @property
+    def batch(self) -> int:
+        return self._store[0].shape[0]
 
     def _encode(self, k_idx: torch.Tensor) -> list[torch.Tensor]:
         if self.fmt == "native":

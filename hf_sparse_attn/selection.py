@@ -118,12 +118,15 @@ def select_blocks(
 def _width_bound(config: SparseAttentionConfig, nk: int) -> int:
     """An upper bound on the blocks any row keeps, from the config and shapes alone: the block list's
     width is then known without reading the counts back from the device (no host sync)."""
-    name, value = config.budget
-    if name == "top_p" or config.dense_tail_blocks:
+    if config.budget[0] == "top_p" or config.dense_tail_blocks:
         return nk
-    forced = config.sink_blocks + config.local_blocks
-    budget = value if name == "top_k" else math.ceil(nk * value - 1e-6)
-    return max(1, min(nk, max(forced, budget)))
+    return max(1, min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk))))
+
+
+def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
+    """Blocks a ``top_k`` / ``density`` budget keeps out of ``n_cand`` candidates (forced ones aside)."""
+    name, value = config.budget
+    return value if name == "top_k" else math.ceil(n_cand * value - 1e-6)
 
 
 def select_decode_blocks(
@@ -154,7 +157,7 @@ def select_decode_blocks(
             )
         count = torch.clamp(count, min=n_forced, max=nk)[..., 0]
         return count.to(torch.int32), order.to(torch.int32).contiguous()
-    width = min(nk, max(n_forced, value if name == "top_k" else math.ceil(nk * value - 1e-6)))
+    width = min(nk, max(n_forced, _budget_blocks(config, nk)))
     chosen = torch.topk(prio, width, dim=-1, sorted=False).indices
     count = torch.full((B, G), width, dtype=torch.int32, device=scores.device)
     return count, chosen.to(torch.int32).contiguous()

@@ -44,17 +44,25 @@ def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
         raise ValueError(
             f"q and k must be 4D [batch, heads, seq, dim], got {tuple(q.shape)} and {tuple(k.shape)}"
         )
-    for name, t in (("q", q), ("k", k)):
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    _check_float(q=q, k=k)
     B, H, S, d = q.shape
     if k.shape[0] != B or k.shape[2] != S or k.shape[3] != d:
         raise ValueError(
             f"k {tuple(k.shape)} does not match q {tuple(q.shape)} in batch, sequence or head dim"
         )
-    if H % k.shape[1]:
-        raise ValueError(f"query heads ({H}) must be a multiple of key heads ({k.shape[1]})")
+    _check_gqa(H, k.shape[1])
     return B, H, S, d
+
+
+def _check_float(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def _check_gqa(query_heads: int, kv_heads: int) -> None:
+    if query_heads % kv_heads:
+        raise ValueError(f"query heads ({query_heads}) must be a multiple of key heads ({kv_heads})")
 
 
 def check_decode(
@@ -67,14 +75,11 @@ def check_decode(
             f"decode expects q [batch, heads, 1, dim] and k [batch, kv_heads, cache_len, dim], got "
             f"{tuple(q.shape)} and {tuple(k.shape)}"
         )
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    _check_float(q=q, k=k, v=v)
     B, Hq, _, D = q.shape
     if k.shape[0] != B or k.shape[3] != D or v.shape != k.shape:
         raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not match q {tuple(q.shape)}")
-    if Hq % k.shape[1]:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of key heads ({k.shape[1]})")
+    _check_gqa(Hq, k.shape[1])
     if kv_num_blocks.dim() != 2 or kv_indices.dim() != 3 or kv_indices.shape[:2] != kv_num_blocks.shape:
         raise ValueError(
             f"decode block lists must be kv_num_blocks [B, G] and kv_indices [B, G, W], got "
@@ -899,12 +904,15 @@ def select_blocks(
 def _width_bound(config: SparseAttentionConfig, nk: int) -> int:
     """An upper bound on the blocks any row keeps, from the config and shapes alone: the block list's
     width is then known without reading the counts back from the device (no host sync)."""
-    name, value = config.budget
-    if name == "top_p" or config.dense_tail_blocks:
+    if config.budget[0] == "top_p" or config.dense_tail_blocks:
         return nk
-    forced = config.sink_blocks + config.local_blocks
-    budget = value if name == "top_k" else math.ceil(nk * value - 1e-6)
-    return max(1, min(nk, max(forced, budget)))
+    return max(1, min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk))))
+
+
+def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
+    """Blocks a ``top_k`` / ``density`` budget keeps out of ``n_cand`` candidates (forced ones aside)."""
+    name, value = config.budget
+    return value if name == "top_k" else math.ceil(n_cand * value - 1e-6)
 
 
 def select_decode_blocks(
@@ -935,7 +943,7 @@ def select_decode_blocks(
             )
         count = torch.clamp(count, min=n_forced, max=nk)[..., 0]
         return count.to(torch.int32), order.to(torch.int32).contiguous()
-    width = min(nk, max(n_forced, value if name == "top_k" else math.ceil(nk * value - 1e-6)))
+    width = min(nk, max(n_forced, _budget_blocks(config, nk)))
     chosen = torch.topk(prio, width, dim=-1, sorted=False).indices
     count = torch.full((B, G), width, dtype=torch.int32, device=scores.device)
     return count, chosen.to(torch.int32).contiguous()
@@ -1258,10 +1266,13 @@ class IndexerKCache:
     def __init__(self, k_idx: torch.Tensor, fmt: str = "native") -> None:
         self.fmt = fmt
         self.dtype = k_idx.dtype
-        self.batch, self.groups, _, self.dim = k_idx.shape
         self.length = 0
         self._store: list[torch.Tensor] = []
         self.append(k_idx)
+
+    @property
+    def batch(self) -> int:
+        return self._store[0].shape[0]
 
     def _encode(self, k_idx: torch.Tensor) -> list[torch.Tensor]:
         if self.fmt == "native":
@@ -1490,8 +1501,7 @@ def sparse_prefill_attention(
         elif kv_len < indexer.config.min_sparse_len:
             reason = "decode over a cache shorter than min_sparse_len"
         else:
-            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-            return sparse_decode_step(module, query, key, value, scale), None
+            return sparse_decode_step(module, query, key, value, _scaling(query, scaling)), None
     elif q_len != kv_len:
         reason = "decode or chunked prefill"
     elif q_len < indexer.config.min_sparse_len:
@@ -1509,8 +1519,7 @@ def sparse_prefill_attention(
         raise ValueError(
             "sparse_prefill does not support attention dropout; set config.attention_dropout = 0"
         )
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
+    scaling = _scaling(query, scaling)
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = layer_selection(module, q, k, layout.seq_lens)
@@ -1519,6 +1528,10 @@ def sparse_prefill_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def _scaling(query: torch.Tensor, scaling: float | None) -> float:
+    return query.shape[-1] ** -0.5 if scaling is None else scaling
 
 
 def layer_selection(

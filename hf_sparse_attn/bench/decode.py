@@ -25,10 +25,10 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from ..config import SparseAttentionConfig
 from ..decode import IndexerKCache, sparse_decode_step
-from ..indexer import Indexer
 from ..modeling import attach_indexer, indexers
 from ..ops import sparse_decode_attention
 from ..ops.kcache_quant.naive import bytes_per_vector
+from .kernels import LayerStub
 from .shapes import CONFIGS
 
 GATE_REL_ERR = 2e-2
@@ -47,15 +47,6 @@ def _ms(fn, repeats: int = 50) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
-
-
-class _Layer(torch.nn.Module):
-    """The attributes ``sparse_decode_step`` reads from an attention module."""
-
-    def __init__(self, hq: int, hkv: int, d: int, cfg: SparseAttentionConfig) -> None:
-        super().__init__()
-        self.layer_idx = 0
-        self.indexer = Indexer(hq, hkv, d, cfg, layer_idx=0).cuda().to(torch.bfloat16)
 
 
 def attention_rows(
@@ -97,7 +88,7 @@ def _attention_case(B: int, L: int, densities: list[float], block: int) -> list[
     rows = []
     for density in densities:
         cfg = SparseAttentionConfig(block_size=block, density=density, sparse_decode=True)
-        layer = _Layer(hq, hkv, d, cfg)
+        layer = LayerStub(hq, hkv, d, cfg)
         layer.indexer.kcache = IndexerKCache(layer.indexer.keys(k[:, :, : L - 1]), "native")
 
         def step(layer=layer):

@@ -247,8 +247,9 @@ SELECTION_METHODS = {
 }
 
 
-class _SelectionLayer(torch.nn.Module):
-    """The attributes ``attention.layer_selection`` reads from an attention module."""
+class LayerStub(torch.nn.Module):
+    """The attributes the attention path (``layer_selection``, ``sparse_decode_step``) reads from an
+    attention module: a bf16 CUDA indexer for one layer of the given shape."""
 
     def __init__(self, Hq: int, Hkv: int, D: int, cfg: SparseAttentionConfig) -> None:
         from ..indexer import Indexer
@@ -265,7 +266,7 @@ def selection_cost(seq_len: int, shape: str = "qwen3-8b", block: int = 64, metho
 
     Hq, Hkv, D = SHAPES[shape]
     cfg = SparseAttentionConfig(block_size=block, **SELECTION_METHODS[method])
-    layer = _SelectionLayer(Hq, Hkv, D, cfg)
+    layer = LayerStub(Hq, Hkv, D, cfg)
     q = torch.randn(1, Hq, seq_len, D, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, Hkv, seq_len, D, device="cuda", dtype=torch.bfloat16)
     lens = torch.full((1,), seq_len, device="cuda")

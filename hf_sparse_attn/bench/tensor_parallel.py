@@ -16,15 +16,14 @@ import time
 
 import torch
 import torch.distributed as dist
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM
 
+from ..attention import kept_density
 from ..config import SparseAttentionConfig
-from ..modeling import attach_indexer, indexers
+from ..modeling import attach_indexer
 from . import report
 from .shapes import CONFIGS
-
-GATE_REL_ERR = 2e-2
+from .ttft import gate_reference, set_budget
 
 
 def save_random_checkpoint(out_dir: str, shape: str = "qwen3-8b") -> str:
@@ -77,14 +76,10 @@ def run(
         g = torch.Generator().manual_seed(S)
         ids = torch.randint(0, model.config.vocab_size, (1, S), generator=g).to(device)
         model.set_attn_implementation("sdpa")
-        with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            ref = model(ids, logits_to_keep=1).logits.float()
-        with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            other = model(ids, logits_to_keep=1).logits.float()
-        tolerance = max(GATE_REL_ERR, 2 * float((other - ref).norm() / ref.norm()))
+        ref, _, tolerance = gate_reference(model, ids)
         dense_s = _time(model, ids, repeats, device)
         model.set_attn_implementation("sparse_prefill")
-        _set_density(model, 1.0)
+        set_budget(model, density=1.0)
         with torch.no_grad():
             full = model(ids, logits_to_keep=1).logits.float()
         err = float((full - ref).norm() / ref.norm())
@@ -100,14 +95,13 @@ def run(
             rows.append({**base, "method": "sparse_prefill", "note": f"FAILED gate (rel err {err:.3g})"})
             continue
         for density in densities:
-            _set_density(model, density)
+            set_budget(model, density=density)
             sparse_s = _time(model, ids, repeats, device)
-            kept = [float(ix.last_selection.density().mean()) for ix in indexers(model).values()]
             rows.append(
                 {
                     **base,
                     "method": "sparse_prefill",
-                    "density": sum(kept) / len(kept),
+                    "density": kept_density(model),
                     "seconds": sparse_s,
                     "speedup": dense_s / sparse_s,
                 }
@@ -115,11 +109,6 @@ def run(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
-
-
-def _set_density(model, density: float) -> None:
-    for indexer in indexers(model).values():
-        indexer.config.density = density
 
 
 def main(argv: list[str] | None = None) -> None:

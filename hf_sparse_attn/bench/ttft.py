@@ -17,6 +17,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, AutoModelForCausalLM
 
+from ..attention import kept_density
 from ..config import SparseAttentionConfig
 from ..modeling import attach_indexer, indexers
 from .shapes import CONFIGS
@@ -44,11 +45,22 @@ def _time_prefill(model, ids, repeats: int) -> tuple[float, float]:
     return min(times), (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
-def _set_budget(model, **budget) -> None:
+def set_budget(model, **budget) -> None:
+    """Give every indexer of ``model`` the one budget rule in ``budget`` (e.g. ``density=0.1``)."""
     for indexer in indexers(model).values():
         for name in ("top_k", "density", "top_p"):
             setattr(indexer.config, name, budget.get(name))
         indexer.config.validate()
+
+
+def gate_reference(model, ids: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """(last-token logits with SDPA flash, their relative difference to SDPA cuDNN, the gate tolerance
+    max(GATE_REL_ERR, 2 x that difference)) of ``model`` on ``ids`` with its current attention."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        ref = model(ids, logits_to_keep=1).logits.float()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        backend_err = float((model(ids, logits_to_keep=1).logits.float() - ref).norm() / ref.norm())
+    return ref, backend_err, max(GATE_REL_ERR, 2 * backend_err)
 
 
 def run(
@@ -66,15 +78,11 @@ def run(
         ids = torch.randint(0, config.vocab_size, (1, S), device="cuda")
         model.set_attn_implementation("sdpa")
         dense_s, dense_mem = _time_prefill(model, ids, repeats)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            ref = model(ids, logits_to_keep=1).logits.float()
-        with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            backend_err = float((model(ids, logits_to_keep=1).logits.float() - ref).norm() / ref.norm())
-        tolerance = max(GATE_REL_ERR, 2 * backend_err)
+        ref, backend_err, tolerance = gate_reference(model, ids)
         model.set_attn_implementation(NOOP)
         noop_s, _ = _time_prefill(model, ids, repeats)
         model.set_attn_implementation("sparse_prefill")
-        _set_budget(model, density=1.0)
+        set_budget(model, density=1.0)
         with torch.no_grad():
             full = model(ids, logits_to_keep=1).logits.float()
         err = float((full - ref).norm() / ref.norm())
@@ -112,11 +120,9 @@ def run(
             print(rows[-1], flush=True)
             continue
         for budget in budgets:
-            _set_budget(model, **budget)
+            set_budget(model, **budget)
             sparse_s, sparse_mem = _time_prefill(model, ids, repeats)
-            density = sum(float(ix.last_selection.density().mean()) for ix in indexers(model).values()) / len(
-                indexers(model)
-            )
+            density = kept_density(model)
             rows.append(
                 {
                     **base,

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 7f9db73049a6); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 07f51dfe4540); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations
@@ -40,17 +40,25 @@ def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
         raise ValueError(
             f"q and k must be 4D [batch, heads, seq, dim], got {tuple(q.shape)} and {tuple(k.shape)}"
         )
-    for name, t in (("q", q), ("k", k)):
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    _check_float(q=q, k=k)
     B, H, S, d = q.shape
     if k.shape[0] != B or k.shape[2] != S or k.shape[3] != d:
         raise ValueError(
             f"k {tuple(k.shape)} does not match q {tuple(q.shape)} in batch, sequence or head dim"
         )
-    if H % k.shape[1]:
-        raise ValueError(f"query heads ({H}) must be a multiple of key heads ({k.shape[1]})")
+    _check_gqa(H, k.shape[1])
     return B, H, S, d
+
+
+def _check_float(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def _check_gqa(query_heads: int, kv_heads: int) -> None:
+    if query_heads % kv_heads:
+        raise ValueError(f"query heads ({query_heads}) must be a multiple of key heads ({kv_heads})")
 
 
 def check_decode(
@@ -63,14 +71,11 @@ def check_decode(
             f"decode expects q [batch, heads, 1, dim] and k [batch, kv_heads, cache_len, dim], got "
             f"{tuple(q.shape)} and {tuple(k.shape)}"
         )
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    _check_float(q=q, k=k, v=v)
     B, Hq, _, D = q.shape
     if k.shape[0] != B or k.shape[3] != D or v.shape != k.shape:
         raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not match q {tuple(q.shape)}")
-    if Hq % k.shape[1]:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of key heads ({k.shape[1]})")
+    _check_gqa(Hq, k.shape[1])
     if kv_num_blocks.dim() != 2 or kv_indices.dim() != 3 or kv_indices.shape[:2] != kv_num_blocks.shape:
         raise ValueError(
             f"decode block lists must be kv_num_blocks [B, G] and kv_indices [B, G, W], got "

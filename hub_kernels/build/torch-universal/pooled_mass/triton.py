@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 7f9db73049a6); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 07f51dfe4540); do not edit.
 """Triton block-pooled causal attention mass (spec: ``naive.py`` beside this file).
 
 One program = one query block x ``HEADS`` query heads of one kv head. Pass 1 walks the causal key

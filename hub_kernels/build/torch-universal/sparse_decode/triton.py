@@ -1,11 +1,12 @@
-# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 7f9db73049a6); do not edit.
+# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 07f51dfe4540); do not edit.
 """Triton block-sparse decode attention (spec: ``naive.py`` beside this file).
 
 Split-KV ("flash decoding"): a decode step has one query per head, far too little work for one
 program per head, so program (row x kv head, split) walks its share of the block list with all the
 query heads of that kv head stacked (padded to 16 rows for ``tl.dot``) and writes a partial
 (max, sum, accumulator); a second kernel merges the splits. Two launches per layer, a grid fixed by
-shapes (no host sync on the selection sizes).
+shapes (no host sync on the selection sizes). The online-softmax step is the prefill kernel's ``_tile``
+with the query placed after every cached key, so its causal mask is the cache-length mask.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..block_sparse_attn.triton import _tile
 from ..common import check_decode, sequence_lengths
 
 LOG2E = 1.4426950408889634
@@ -80,22 +82,28 @@ def _decode_split_kernel(
     acc = tl.zeros([ROWS, D], dtype=tl.float32)
     start = split * per_split
     end = tl.minimum(n, start + per_split)
+    last = tl.full([ROWS], L - 1, dtype=tl.int32)  # the query sits after every cached key
     for i in range(start, end):
         kb = tl.load(idx_base + i)
         for j in tl.static_range(BLOCK // BLOCK_N):
             kpos = kb * BLOCK + j * BLOCK_N + offs_n
-            in_seq = kpos < L
-            k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
-            s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-            s = tl.where(in_seq[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-            v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = _tile(
+                q,
+                k_base,
+                v_base,
+                kpos,
+                offs_d,
+                last,
+                m_i,
+                l_i,
+                acc,
+                qk_scale,
+                stride_ks,
+                stride_vs,
+                L,
+                True,
+                PRECISION,
+            )
     part = (b * HQ + heads) * SPLITS + split
     tl.store(PO + part[:, None] * D + offs_d[None, :], acc, mask=row_ok[:, None])
     tl.store(PM + part, tl.where(l_i > 0, m_i, float("-inf")), mask=row_ok)
