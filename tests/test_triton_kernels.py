@@ -57,6 +57,7 @@ def test_block_sparse_attention_kernel(S, D, Hq, Hkv, G, bs, density, dtype):
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, bs, D**-0.5, lens
     )
     assert out.dtype == dtype
+    assert out.transpose(1, 2).is_contiguous()  # token-major: the attention function's layout
     assert rel_err(out, ref) < TOL[dtype], rel_err(out, ref)
     finite = torch.isfinite(ref_lse)
     assert torch.equal(finite, torch.isfinite(lse))
@@ -82,6 +83,22 @@ def test_pooled_mass_kernel_indexer_shape():
     torch.testing.assert_close(pooled_attention_mass_triton(q, k, 32, 0.25, 2), ref, rtol=2e-5, atol=2e-6)
 
 
+def test_pooled_mass_kernel_split_launches(monkeypatch):
+    """A scratch budget below the causal triangle splits the query blocks over several launches, and
+    key chunks shorter than a query block's row split its row over several programs."""
+    import hf_sparse_attn.ops.pooled_mass.triton as mass_triton
+
+    monkeypatch.setattr(mass_triton, "SCRATCH_ELEMENTS", 2 * 16 * 24)
+    monkeypatch.setattr(mass_triton, "CHUNK", 3)
+    assert len(mass_triton._launch_ranges(10, 4 * 16)) == 5  # 2 batches x 2 heads, block 16
+    q, k, _ = _inputs(2, 2, 2, 150, 16, torch.float32, seed=5)
+    lens = torch.tensor([150, 101], device=DEVICE)
+    ref = pooled_attention_mass(q, k, 16, 0.25, 1, lens)
+    torch.testing.assert_close(
+        mass_triton.pooled_attention_mass_triton(q, k, 16, 0.25, 1, lens), ref, rtol=2e-5, atol=2e-6
+    )
+
+
 def test_kernels_reject_unsupported_inputs():
     q, k, v = _inputs(1, 4, 2, 64, 48, torch.float32)
     blocks = _blocks(q, k, 16, None, 1.0, 1)
@@ -89,6 +106,8 @@ def test_kernels_reject_unsupported_inputs():
         block_sparse_attention_triton(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, 16, 0.1)
     with pytest.raises(ValueError, match="power of two"):
         pooled_attention_mass_triton(q, k, 16, 0.1, 1)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        pooled_attention_mass_triton(q[..., :32], k[..., :32], 16, -0.1, 1)
     q, k, v = _inputs(1, 4, 2, 64, 64, torch.float32)
     with pytest.raises(ValueError, match="dtypes"):
         block_sparse_attention_triton(q, k, v.half(), blocks.kv_num_blocks, blocks.kv_indices, 16, 0.1)

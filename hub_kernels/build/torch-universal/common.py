@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 07f51dfe4540); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 46f75b48c48f); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/block_sparse_attn/triton.py (hf-sparse-attn 0.1.0, ops 07f51dfe4540); do not edit.
+# Generated from hf_sparse_attn/ops/block_sparse_attn/triton.py (hf-sparse-attn 0.1.0, ops 46f75b48c48f); do not edit.
 """Triton block-sparse causal GQA attention forward (spec: ``naive.py`` beside this file).
 
 One program = one query block x ``HEADS`` query heads of the same kv head (rows stacked), so each
@@ -200,6 +200,10 @@ def launch_config(rep: int, group_heads: int, block_size: int, head_dim: int) ->
     }
 
 
+def _token_major(B: int, H: int, S: int, D: int, like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(B, S, H, D).transpose(1, 2)
+
+
 def block_sparse_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -213,6 +217,9 @@ def block_sparse_attention_triton(
     tuning: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``naive.block_sparse_attention``; q/k/v must share a dtype.
+
+    The output is a [B, Hq, S, D] view of [B, S, Hq, D] storage: the layout transformers wants back
+    from an attention function, so transposing it costs no copy (1 GiB per layer at 128K tokens).
 
     ``tuning`` overrides entries of ``launch_config`` (heads, block_n, num_warps, num_stages) for sweeps.
     """
@@ -231,7 +238,7 @@ def block_sparse_attention_triton(
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     num = kv_num_blocks.to(torch.int32)
     idx = kv_indices.to(torch.int32)
-    out = torch.empty(B, Hq, S, D, dtype=q.dtype, device=q.device)
+    out = _token_major(B, Hq, S, D, q)
     lse = (
         torch.empty(B, Hq, S, dtype=torch.float32, device=q.device)
         if write_lse
@@ -302,4 +309,4 @@ def block_sparse_attn_fwd(
 @block_sparse_attn_fwd.register_fake
 def _(q, k, v, kv_num_blocks, kv_indices, seq_lens, block_size, scale):
     B, Hq, S, D = q.shape
-    return q.new_empty(B, Hq, S, D), q.new_empty(B, Hq, S, dtype=torch.float32)
+    return _token_major(B, Hq, S, D, q), q.new_empty(B, Hq, S, dtype=torch.float32)

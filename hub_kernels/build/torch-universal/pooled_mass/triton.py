@@ -1,14 +1,24 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 07f51dfe4540); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 46f75b48c48f); do not edit.
 """Triton block-pooled causal attention mass (spec: ``naive.py`` beside this file).
 
-One program = one query block x ``HEADS`` query heads of one kv head. Pass 1 walks the causal key
-blocks for each row's max and normalizer (online softmax); pass 2 walks them again, normalizes, sums
-the probabilities of the block's valid queries per key block, and adds that (weighted by
-1 / (heads per group x valid queries)) into its output cell. Only block-level outputs are written:
-memory is O((S / block)^2), never S x S.
+Two kernels over work units of one query block x ``HEADS`` query heads of one kv head x one chunk of
+``CHUNK`` key blocks (equal-sized units keep every SM busy across the causal triangle):
+
+1. ``_block_lse_kernel`` walks its key blocks once; per key block it stores each row's log-sum-exp of
+   that block in a scratch buffer and folds it into the chunk's running (max, sum) per row.
+2. ``_mass_from_lse_kernel`` combines the chunks' (max, sum) into each row's log-sum-exp, turns its
+   scratch entries into the row's probability mass per key block (one exp per row and block, 1/BLOCK of
+   the score exps), averages over the block's valid queries and the group's heads
+   (1 / (heads per group x valid queries)) and adds that into the output row.
+
+A two-pass design (normalizer first, then normalized mass) spends two exps per score, and the exps bound
+this op (the indexer's head dim is 16): one pass is ~2x faster. Output is O((S / block)^2); the scratch
+is bounded by splitting the causal triangle over several launches, never S x S.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -17,14 +27,35 @@ import triton.language as tl
 from ..common import check_qk, num_blocks, sequence_lengths, stacked_heads
 
 LOG2E = 1.4426950408889634
+SCRATCH_ELEMENTS = 1 << 26
+CHUNK = 128
+KB_TILE = 64
 
 
 @triton.jit
-def _pooled_mass_kernel(
+def _unit(pid_h, QB1, HQ: tl.constexpr, HEADS: tl.constexpr, REP: tl.constexpr, GROUP_HEADS: tl.constexpr):
+    """(batch, first head, kv head, selection group, query block) of a program."""
+    packs: tl.constexpr = HQ // HEADS
+    b = pid_h // packs
+    h0 = (pid_h % packs) * HEADS
+    return b, h0, h0 // REP, h0 // GROUP_HEADS, QB1 - 1 - tl.program_id(1)
+
+
+@triton.jit
+def _scratch_row(SCRATCH, pid_h, qb, QB0, QB1, ROWS: tl.constexpr):
+    """This program's scratch: [qb + 1 key blocks, ROWS], triangles packed from QB0, one per pid_h."""
+    area = (QB1 * (QB1 + 1) - QB0 * (QB0 + 1)) // 2
+    tri = (qb.to(tl.int64) * (qb + 1) - QB0 * (QB0 + 1)) // 2
+    return SCRATCH + (pid_h.to(tl.int64) * area + tri) * ROWS
+
+
+@triton.jit
+def _block_lse_kernel(
     Q,
     K,
-    OUT,
     LENS,
+    SCRATCH,
+    PART,
     qk_scale,
     stride_qb,
     stride_qh,
@@ -34,25 +65,23 @@ def _pooled_mass_kernel(
     stride_ks,
     S,
     NQB,
+    QB0,
+    QB1,
     HQ: tl.constexpr,
     REP: tl.constexpr,
     GROUP_HEADS: tl.constexpr,
-    G: tl.constexpr,
     HEADS: tl.constexpr,
     BLOCK: tl.constexpr,
     D: tl.constexpr,
+    CHUNK: tl.constexpr,
+    NCH: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
-    qb = NQB - 1 - tl.program_id(1)
-    packs: tl.constexpr = HQ // HEADS
-    b = pid_h // packs
-    h0 = (pid_h % packs) * HEADS
-    kvh = h0 // REP
-    g = h0 // GROUP_HEADS
+    b, h0, kvh, g, qb = _unit(pid_h, QB1, HQ, HEADS, REP, GROUP_HEADS)
+    kb0 = tl.program_id(2) * CHUNK
     L = tl.load(LENS + b)
-    n_valid = tl.minimum(L - qb * BLOCK, BLOCK)
-    if n_valid > 0:
+    if (kb0 <= qb) & (qb * BLOCK < L):
         ROWS: tl.constexpr = HEADS * BLOCK
         rows = tl.arange(0, ROWS)
         r_head = h0 + rows // BLOCK
@@ -65,35 +94,105 @@ def _pooled_mass_kernel(
             other=0.0,
         )
         k_base = K + b * stride_kb + kvh * stride_kh
+        scratch = _scratch_row(SCRATCH, pid_h, qb, QB0, QB1, ROWS)
         m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([ROWS], dtype=tl.float32)
-        for kb in range(0, qb):
+        for kb in range(kb0, tl.minimum(kb0 + CHUNK, qb)):
             k = tl.load(k_base + (kb * BLOCK + offs_n)[None, :] * stride_ks + offs_d[:, None])
-            s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+            s = tl.dot(q, k, input_precision=PRECISION)
+            m_b = tl.max(s, 1) * qk_scale
+            c_b = tl.sum(tl.math.exp2(s * qk_scale - m_b[:, None]), 1)
+            tl.store(scratch + kb * ROWS + rows, m_b + tl.math.log2(c_b))
+            m_new = tl.maximum(m_i, m_b)
+            l_i = l_i * tl.math.exp2(m_i - m_new) + c_b * tl.math.exp2(m_b - m_new)
             m_i = m_new
-        kpos = qb * BLOCK + offs_n
-        k_diag = tl.load(
-            k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=(kpos < S)[None, :], other=0.0
-        )
-        causal = kpos[None, :] <= r_pos[:, None]
-        s = tl.where(causal, tl.dot(q, k_diag, input_precision=PRECISION) * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
-        m_i = m_new
-
-        weight = 1.0 / (GROUP_HEADS * n_valid.to(tl.float32))
-        inv_l = tl.where((r_pos < L) & (l_i > 0), weight / l_i, 0.0)
-        out_row = OUT + ((b * G + g) * NQB + qb) * NQB
-        for kb in range(0, qb):
-            k = tl.load(k_base + (kb * BLOCK + offs_n)[None, :] * stride_ks + offs_d[:, None])
+        if kb0 + CHUNK > qb:
+            kpos = qb * BLOCK + offs_n
+            k = tl.load(
+                k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=(kpos < S)[None, :], other=0.0
+            )
             s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-            p = tl.math.exp2(s - m_i[:, None]) * inv_l[:, None]
-            tl.atomic_add(out_row + kb, tl.sum(tl.sum(p, 1), 0))
-        s = tl.where(causal, tl.dot(q, k_diag, input_precision=PRECISION) * qk_scale, float("-inf"))
-        p = tl.math.exp2(s - m_i[:, None]) * inv_l[:, None]
-        tl.atomic_add(out_row + qb, tl.sum(tl.sum(p, 1), 0))
+            s = tl.where(kpos[None, :] <= r_pos[:, None], s, float("-inf"))
+            m_b = tl.max(s, 1)
+            c_b = tl.sum(tl.math.exp2(s - m_b[:, None]), 1)
+            tl.store(scratch + qb * ROWS + rows, m_b + tl.math.log2(c_b))
+            m_new = tl.maximum(m_i, m_b)
+            l_i = l_i * tl.math.exp2(m_i - m_new) + c_b * tl.math.exp2(m_b - m_new)
+            m_i = m_new
+        part = PART + ((pid_h.to(tl.int64) * NQB + qb) * NCH + tl.program_id(2)) * 2 * ROWS
+        tl.store(part + rows, m_i)
+        tl.store(part + ROWS + rows, l_i)
+
+
+@triton.jit
+def _mass_from_lse_kernel(
+    OUT,
+    LENS,
+    SCRATCH,
+    PART,
+    S,
+    NQB,
+    QB0,
+    QB1,
+    HQ: tl.constexpr,
+    REP: tl.constexpr,
+    GROUP_HEADS: tl.constexpr,
+    G: tl.constexpr,
+    HEADS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,
+    NCH: tl.constexpr,
+    KB_TILE: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    b, h0, kvh, g, qb = _unit(pid_h, QB1, HQ, HEADS, REP, GROUP_HEADS)
+    kb0 = tl.program_id(2) * CHUNK
+    L = tl.load(LENS + b)
+    n_valid = tl.minimum(L - qb * BLOCK, BLOCK)
+    if (kb0 <= qb) & (n_valid > 0):
+        ROWS: tl.constexpr = HEADS * BLOCK
+        rows = tl.arange(0, ROWS)
+        r_pos = qb * BLOCK + rows % BLOCK
+        part = PART + (pid_h.to(tl.int64) * NQB + qb) * NCH * 2 * ROWS
+        m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([ROWS], dtype=tl.float32)
+        for c in range(0, qb // CHUNK + 1):
+            m_c = tl.load(part + c * 2 * ROWS + rows)
+            l_c = tl.load(part + c * 2 * ROWS + ROWS + rows)
+            m_new = tl.maximum(m_i, m_c)
+            l_i = l_i * tl.math.exp2(m_i - m_new) + l_c * tl.math.exp2(m_c - m_new)
+            m_i = m_new
+        lse = m_i + tl.math.log2(l_i)
+        weight = tl.where(r_pos < L, 1.0 / (GROUP_HEADS * n_valid.to(tl.float32)), 0.0)
+        scratch = _scratch_row(SCRATCH, pid_h, qb, QB0, QB1, ROWS)
+        out_row = OUT + ((b * G + g) * NQB + qb) * NQB
+        offs_t = tl.arange(0, KB_TILE)
+        for t0 in range(kb0, tl.minimum(kb0 + CHUNK, qb + 1), KB_TILE):
+            kbs = t0 + offs_t
+            in_row = (kbs <= qb) & (kbs < kb0 + CHUNK)
+            block_lse = tl.load(
+                scratch + kbs[:, None] * ROWS + rows[None, :], mask=in_row[:, None], other=0.0
+            )
+            p = tl.math.exp2(block_lse - lse[None, :]) * weight[None, :]
+            tl.atomic_add(out_row + kbs, tl.sum(p, 1), mask=in_row)
+
+
+def _triangle(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def _launch_ranges(nq: int, per_block: int) -> list[tuple[int, int]]:
+    """Split query blocks [0, nq) into launches of about equal causal-triangle area (key blocks), so
+    the scratch (``per_block`` floats per key block) stays near ``SCRATCH_ELEMENTS``."""
+    total = _triangle(nq)
+    launches = max(1, math.ceil(total * per_block / SCRATCH_ELEMENTS))
+    ends = []
+    for i in range(1, launches + 1):
+        area = math.ceil(total * i / launches)
+        end = (math.isqrt(8 * area + 1) - 1) // 2  # the largest end with _triangle(end) <= area
+        ends.append(min(nq, end if _triangle(end) >= area else end + 1))
+    starts = [0, *ends[:-1]]
+    return [(s, e) for s, e in zip(starts, ends, strict=True) if e > s]
 
 
 def pooled_attention_mass_triton(
@@ -112,6 +211,8 @@ def pooled_attention_mass_triton(
         raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
     if d < 16 or d & (d - 1) or d > 256:
         raise ValueError(f"head dim {d} is not supported by the Triton kernel (a power of two in [16, 256])")
+    if scale <= 0:
+        raise ValueError(f"the softmax scale must be positive for the Triton kernel, got {scale}")
     Hk = k.shape[1]
     rep, group_heads = H // Hk, H // groups
     heads = stacked_heads((128 if d <= 128 else 64) // block_size, rep, group_heads)
@@ -119,31 +220,55 @@ def pooled_attention_mass_triton(
     nq = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     out = torch.zeros(B, groups, nq, nq, dtype=torch.float32, device=q.device)
-    _pooled_mass_kernel[(B * (H // heads), nq)](
-        q,
-        k,
-        out,
-        lens,
-        scale * LOG2E,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        S,
-        nq,
-        HQ=H,
-        REP=rep,
-        GROUP_HEADS=group_heads,
-        G=groups,
-        HEADS=heads,
-        BLOCK=block_size,
-        D=d,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=8 if d > 128 else 4,
-        num_stages=2,
-    )
+    programs, rows = B * (H // heads), heads * block_size
+    ranges = _launch_ranges(nq, programs * rows)
+    widest = max(_triangle(e) - _triangle(s) for s, e in ranges)
+    scratch = torch.empty(programs * widest * rows, dtype=torch.float32, device=q.device)
+    chunks = num_blocks(nq, CHUNK)
+    part = torch.empty(programs * nq * chunks * 2 * rows, dtype=torch.float32, device=q.device)
+    shape = {"HQ": H, "REP": rep, "GROUP_HEADS": group_heads, "HEADS": heads, "BLOCK": block_size}
+    for qb0, qb1 in ranges:
+        grid = (programs, qb1 - qb0, num_blocks(qb1, CHUNK))
+        _block_lse_kernel[grid](
+            q,
+            k,
+            lens,
+            scratch,
+            part,
+            scale * LOG2E,
+            q.stride(0),
+            q.stride(1),
+            q.stride(2),
+            k.stride(0),
+            k.stride(1),
+            k.stride(2),
+            S,
+            nq,
+            qb0,
+            qb1,
+            **shape,
+            D=d,
+            CHUNK=CHUNK,
+            NCH=chunks,
+            PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            num_warps=8 if d > 128 else 4,
+            num_stages=2,
+        )
+        _mass_from_lse_kernel[grid](
+            out,
+            lens,
+            scratch,
+            part,
+            S,
+            nq,
+            qb0,
+            qb1,
+            **shape,
+            G=groups,
+            CHUNK=CHUNK,
+            NCH=chunks,
+            KB_TILE=KB_TILE,
+        )
     return out
 
 
