@@ -112,3 +112,26 @@ def test_sparse_decode_generate_full_density_matches_dense_on_cuda():
     a, b = dense.generate(ids, **kw), sparse.generate(ids, **kw)
     assert rel_err(torch.stack(b.logits), torch.stack(a.logits)) < BF16_REL
     assert sparse.model.layers[0].self_attn.indexer.kcache.length == 3000 + 7
+
+
+@torch.no_grad()
+def test_model_compiles_fullgraph_with_inductor():
+    """Prefill and a sparse decode step under torch.compile(fullgraph=True) (inductor) match eager."""
+    from conftest import build, qwen3_config
+    from transformers import DynamicCache
+
+    model = build(qwen3_config(num_heads=8, num_kv_heads=2, head_dim=64)).cuda().to(torch.bfloat16)
+    cfg = SparseAttentionConfig(block_size=64, density=0.2, min_sparse_len=1024, sparse_decode=True)
+    attach_indexer(model, cfg)
+    model.set_attn_implementation("sparse_prefill")
+    ids = torch.randint(0, 128, (1, 4000), device="cuda")
+    nxt = torch.tensor([[5]], device="cuda")
+    cache = DynamicCache(config=model.config)
+    ref_prefill = model(ids, past_key_values=cache).logits[:, -1]
+    ref_step = model(nxt, past_key_values=cache).logits
+    compiled = torch.compile(model, fullgraph=True)
+    cache = DynamicCache(config=model.config)
+    out_prefill = compiled(ids, past_key_values=cache).logits[:, -1]
+    out_step = compiled(nxt, past_key_values=cache).logits
+    assert rel_err(out_prefill, ref_prefill) < BF16_REL
+    assert rel_err(out_step, ref_step) < BF16_REL

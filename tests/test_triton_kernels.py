@@ -108,6 +108,8 @@ def test_kernels_reject_unsupported_inputs():
         pooled_attention_mass_triton(q, k, 16, 0.1, 1)
     with pytest.raises(ValueError, match="scale must be positive"):
         pooled_attention_mass_triton(q[..., :32], k[..., :32], 16, -0.1, 1)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        block_sparse_attention_triton(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, 16, 0.0)
     q, k, v = _inputs(1, 4, 2, 64, 64, torch.float32)
     with pytest.raises(ValueError, match="dtypes"):
         block_sparse_attention_triton(q, k, v.half(), blocks.kv_num_blocks, blocks.kv_indices, 16, 0.1)

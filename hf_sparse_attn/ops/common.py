@@ -33,6 +33,12 @@ def stacked_heads(start: int, rep: int, group_heads: int) -> int:
     return heads
 
 
+def check_scale(scale: float) -> None:
+    """The Triton kernels take row maxima of unscaled scores, which is only valid for a positive scale."""
+    if not scale > 0:
+        raise ValueError(f"the softmax scale must be positive for the Triton kernels, got {scale}")
+
+
 def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
     """Validate q [B, H, S, d] / k [B, Hk, S, d] and return (B, H, S, d)."""
     if q.dim() != 4 or k.dim() != 4:

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, num_blocks, sequence_lengths, stacked_heads
+from ..common import check_qk, check_scale, num_blocks, sequence_lengths, stacked_heads
 from .naive import check_block_list
 
 LOG2E = 1.4426950408889634
@@ -40,17 +40,19 @@ def _tile(
     if MASKED:
         in_seq = kpos < S
         k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        s = tl.dot(q, k, input_precision=PRECISION)
         s = tl.where(kpos[None, :] <= r_pos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
         v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
     else:
         k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None])
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        s = tl.dot(q, k, input_precision=PRECISION)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :])
-    p = tl.math.exp2(s - m_new[:, None])
+    # The scale is applied inside the exponent (one fused multiply-add per score, not two ops);
+    # qk_scale > 0, so max(s) * qk_scale is the max of the scaled scores.
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -225,6 +227,7 @@ def block_sparse_attention_triton(
     B, Hq, S, D = check_qk(q, k)
     nq = num_blocks(S, block_size)
     check_block_list(kv_num_blocks, kv_indices, B, Hq, nq)
+    check_scale(scale)
     if v.shape != k.shape or v.dtype != q.dtype or k.dtype != q.dtype:
         raise ValueError(
             f"q/k/v dtypes and k/v shapes must match: {q.dtype}/{k.dtype}/{v.dtype}, {tuple(k.shape)} vs {tuple(v.shape)}"

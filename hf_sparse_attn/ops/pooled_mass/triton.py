@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, num_blocks, sequence_lengths, stacked_heads
+from ..common import check_qk, check_scale, num_blocks, sequence_lengths, stacked_heads
 
 LOG2E = 1.4426950408889634
 SCRATCH_ELEMENTS = 1 << 26
@@ -210,8 +210,7 @@ def pooled_attention_mass_triton(
         raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
     if d < 16 or d & (d - 1) or d > 256:
         raise ValueError(f"head dim {d} is not supported by the Triton kernel (a power of two in [16, 256])")
-    if scale <= 0:
-        raise ValueError(f"the softmax scale must be positive for the Triton kernel, got {scale}")
+    check_scale(scale)
     Hk = k.shape[1]
     rep, group_heads = H // Hk, H // groups
     heads = stacked_heads((128 if d <= 128 else 64) // block_size, rep, group_heads)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..block_sparse_attn.triton import _tile
-from ..common import check_decode, sequence_lengths
+from ..common import check_decode, check_scale, sequence_lengths
 
 LOG2E = 1.4426950408889634
 
@@ -165,6 +165,7 @@ def sparse_decode_attention_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``naive.sparse_decode_attention``; q/k/v must share a dtype."""
     B, Hq, L, D = check_decode(q, k, v, kv_num_blocks, kv_indices)
+    check_scale(scale)
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q/k/v dtypes must match: {q.dtype}/{k.dtype}/{v.dtype}")
     if D not in (16, 32, 64, 128, 256):

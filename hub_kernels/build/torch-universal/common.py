@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 46f75b48c48f); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 1f83a352f1e3); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ def stacked_heads(start: int, rep: int, group_heads: int) -> int:
     while heads > 1 and (rep % heads or group_heads % heads):
         heads //= 2
     return heads
+
+
+def check_scale(scale: float) -> None:
+    """The Triton kernels take row maxima of unscaled scores, which is only valid for a positive scale."""
+    if not scale > 0:
+        raise ValueError(f"the softmax scale must be positive for the Triton kernels, got {scale}")
 
 
 def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 46f75b48c48f); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 1f83a352f1e3); do not edit.
 """Triton block-pooled causal attention mass (spec: ``naive.py`` beside this file).
 
 Two kernels over work units of one query block x ``HEADS`` query heads of one kv head x one chunk of
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, num_blocks, sequence_lengths, stacked_heads
+from ..common import check_qk, check_scale, num_blocks, sequence_lengths, stacked_heads
 
 LOG2E = 1.4426950408889634
 SCRATCH_ELEMENTS = 1 << 26
@@ -211,8 +211,7 @@ def pooled_attention_mass_triton(
         raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
     if d < 16 or d & (d - 1) or d > 256:
         raise ValueError(f"head dim {d} is not supported by the Triton kernel (a power of two in [16, 256])")
-    if scale <= 0:
-        raise ValueError(f"the softmax scale must be positive for the Triton kernel, got {scale}")
+    check_scale(scale)
     Hk = k.shape[1]
     rep, group_heads = H // Hk, H // groups
     heads = stacked_heads((128 if d <= 128 else 64) // block_size, rep, group_heads)

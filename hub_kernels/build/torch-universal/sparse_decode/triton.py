@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 46f75b48c48f); do not edit.
+# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 1f83a352f1e3); do not edit.
 """Triton block-sparse decode attention (spec: ``naive.py`` beside this file).
 
 Split-KV ("flash decoding"): a decode step has one query per head, far too little work for one
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..block_sparse_attn.triton import _tile
-from ..common import check_decode, sequence_lengths
+from ..common import check_decode, check_scale, sequence_lengths
 
 LOG2E = 1.4426950408889634
 
@@ -166,6 +166,7 @@ def sparse_decode_attention_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``naive.sparse_decode_attention``; q/k/v must share a dtype."""
     B, Hq, L, D = check_decode(q, k, v, kv_num_blocks, kv_indices)
+    check_scale(scale)
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q/k/v dtypes must match: {q.dtype}/{k.dtype}/{v.dtype}")
     if D not in (16, 32, 64, 128, 256):
