@@ -10,7 +10,8 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   least ``min_sparse_len`` tokens: indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel
   (see ``decode``). Prefills then also fill the layer's indexer K-cache.
 - dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or padded / static-cache /
-  short ones), chunked prefill, static-cache prefill, prompts shorter
+  short ones, or ones handed a materialized mask, which transformers 5.17 builds for decode steps
+  under ``torch.compile``), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
   non-causal modules (vision towers). Each such reason is logged once at debug level.
 

@@ -116,7 +116,12 @@ def test_sparse_decode_generate_full_density_matches_dense_on_cuda():
 
 @torch.no_grad()
 def test_model_compiles_fullgraph_with_inductor():
-    """Prefill and a sparse decode step under torch.compile(fullgraph=True) (inductor) match eager."""
+    """Sparse prefill and a decode step under torch.compile(fullgraph=True) (inductor) match eager.
+
+    Under compile, transformers materializes the decode step's causal mask instead of skipping it, so
+    that step takes the dense path (documented in ``attention``); here density 1.0 makes sparse and
+    dense decode agree, so the check holds for either path.
+    """
     from conftest import build, qwen3_config
     from transformers import DynamicCache
 
@@ -126,12 +131,14 @@ def test_model_compiles_fullgraph_with_inductor():
     model.set_attn_implementation("sparse_prefill")
     ids = torch.randint(0, 128, (1, 4000), device="cuda")
     nxt = torch.tensor([[5]], device="cuda")
-    cache = DynamicCache(config=model.config)
-    ref_prefill = model(ids, past_key_values=cache).logits[:, -1]
-    ref_step = model(nxt, past_key_values=cache).logits
+    ref_prefill = model(ids, logits_to_keep=1).logits
     compiled = torch.compile(model, fullgraph=True)
+    assert rel_err(compiled(ids, logits_to_keep=1).logits, ref_prefill) < BF16_REL
+    for indexer in (layer.self_attn.indexer for layer in model.model.layers):
+        indexer.config.density = 1.0
     cache = DynamicCache(config=model.config)
-    out_prefill = compiled(ids, past_key_values=cache).logits[:, -1]
-    out_step = compiled(nxt, past_key_values=cache).logits
-    assert rel_err(out_prefill, ref_prefill) < BF16_REL
-    assert rel_err(out_step, ref_step) < BF16_REL
+    model(ids, past_key_values=cache)
+    ref_step = model(nxt, past_key_values=cache).logits
+    cache = DynamicCache(config=model.config)
+    model(ids, past_key_values=cache)
+    assert rel_err(compiled(nxt, past_key_values=cache).logits, ref_step) < BF16_REL
