@@ -1229,12 +1229,20 @@ class Indexer(nn.Module):
 
 import logging
 
+import torch
+
 logger = logging.getLogger("hf_sparse_attn")
 _logged: set[str] = set()
 
 
 def debug_once(message: str) -> None:
-    """Log ``message`` at debug level the first time it comes up in this process."""
+    """Log ``message`` at debug level the first time it comes up in this process.
+
+    Silent while ``torch.compile`` traces: a logging call would break the graph, and the eager run
+    (or the first call before compiling) logs the same reason.
+    """
+    if torch.compiler.is_compiling():
+        return
     if message not in _logged:
         _logged.add(message)
         logger.debug("%s; logged once", message)
@@ -1369,7 +1377,8 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   least ``min_sparse_len`` tokens: indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel
   (see ``decode``). Prefills then also fill the layer's indexer K-cache.
 - dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or padded / static-cache /
-  short ones), chunked prefill, static-cache prefill, prompts shorter
+  short ones, or ones handed a materialized mask, which transformers 5.17 builds for decode steps
+  under ``torch.compile``), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
   non-causal modules (vision towers). Each such reason is logged once at debug level.
 

@@ -14,11 +14,13 @@ from conftest import build, qwen3_config
 from transformers import DynamicCache
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer
+from hf_sparse_attn.attention import register
 
 
 @pytest.fixture
 def kernel_backend(monkeypatch):
     monkeypatch.setenv("HF_SPARSE_ATTN_BACKEND", "triton")
+    register()  # a remote-code model loaded earlier in the session registers its generated copy under the same name
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
