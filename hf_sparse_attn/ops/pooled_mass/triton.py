@@ -49,6 +49,21 @@ def _scratch_row(SCRATCH, pid_h, qb, QB0, QB1, ROWS: tl.constexpr):
 
 
 @triton.jit
+def _fold(m_i, l_i, m_b, c_b):
+    """Add a (max, sum of exp2(x - max)) pair per row into the running one (log2 domain)."""
+    m_new = tl.maximum(m_i, m_b)
+    return m_new, l_i * tl.math.exp2(m_i - m_new) + c_b * tl.math.exp2(m_b - m_new)
+
+
+@triton.jit
+def _block_lse(s, qk_scale):
+    """(max, sum of exp2) per row of one key block's unscaled scores ``s`` (masked entries -inf; each
+    row keeps at least one); the scale sits inside the exponent, one FMA per score (qk_scale > 0)."""
+    m_b = tl.max(s, 1) * qk_scale
+    return m_b, tl.sum(tl.math.exp2(s * qk_scale - m_b[:, None]), 1)
+
+
+@triton.jit
 def _block_lse_kernel(
     Q,
     K,
@@ -98,26 +113,20 @@ def _block_lse_kernel(
         l_i = tl.zeros([ROWS], dtype=tl.float32)
         for kb in range(kb0, tl.minimum(kb0 + CHUNK, qb)):
             k = tl.load(k_base + (kb * BLOCK + offs_n)[None, :] * stride_ks + offs_d[:, None])
-            s = tl.dot(q, k, input_precision=PRECISION)
-            m_b = tl.max(s, 1) * qk_scale
-            c_b = tl.sum(tl.math.exp2(s * qk_scale - m_b[:, None]), 1)
+            m_b, c_b = _block_lse(tl.dot(q, k, input_precision=PRECISION), qk_scale)
             tl.store(scratch + kb * ROWS + rows, m_b + tl.math.log2(c_b))
-            m_new = tl.maximum(m_i, m_b)
-            l_i = l_i * tl.math.exp2(m_i - m_new) + c_b * tl.math.exp2(m_b - m_new)
-            m_i = m_new
+            m_i, l_i = _fold(m_i, l_i, m_b, c_b)
         if kb0 + CHUNK > qb:
             kpos = qb * BLOCK + offs_n
             k = tl.load(
                 k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=(kpos < S)[None, :], other=0.0
             )
-            s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-            s = tl.where(kpos[None, :] <= r_pos[:, None], s, float("-inf"))
-            m_b = tl.max(s, 1)
-            c_b = tl.sum(tl.math.exp2(s - m_b[:, None]), 1)
+            s = tl.where(
+                kpos[None, :] <= r_pos[:, None], tl.dot(q, k, input_precision=PRECISION), float("-inf")
+            )
+            m_b, c_b = _block_lse(s, qk_scale)
             tl.store(scratch + qb * ROWS + rows, m_b + tl.math.log2(c_b))
-            m_new = tl.maximum(m_i, m_b)
-            l_i = l_i * tl.math.exp2(m_i - m_new) + c_b * tl.math.exp2(m_b - m_new)
-            m_i = m_new
+            m_i, l_i = _fold(m_i, l_i, m_b, c_b)
         part = PART + ((pid_h.to(tl.int64) * NQB + qb) * NCH + tl.program_id(2)) * 2 * ROWS
         tl.store(part + rows, m_i)
         tl.store(part + ROWS + rows, l_i)
@@ -156,11 +165,9 @@ def _mass_from_lse_kernel(
         m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([ROWS], dtype=tl.float32)
         for c in range(0, qb // CHUNK + 1):
-            m_c = tl.load(part + c * 2 * ROWS + rows)
-            l_c = tl.load(part + c * 2 * ROWS + ROWS + rows)
-            m_new = tl.maximum(m_i, m_c)
-            l_i = l_i * tl.math.exp2(m_i - m_new) + l_c * tl.math.exp2(m_c - m_new)
-            m_i = m_new
+            m_i, l_i = _fold(
+                m_i, l_i, tl.load(part + c * 2 * ROWS + rows), tl.load(part + c * 2 * ROWS + ROWS + rows)
+            )
         lse = m_i + tl.math.log2(l_i)
         weight = tl.where(r_pos < L, 1.0 / (GROUP_HEADS * n_valid.to(tl.float32)), 0.0)
         scratch = _scratch_row(SCRATCH, pid_h, qb, QB0, QB1, ROWS)

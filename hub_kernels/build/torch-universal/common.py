@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 1f83a352f1e3); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops b6f37a807d1a); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations
