@@ -35,10 +35,10 @@ from transformers.masking_utils import (
 from .decode import sparse_decode_step, store_prefill_keys
 from .indexer import tensor_parallel_rank
 from .log import debug_once
-from .ops import block_sparse_attention
+from .ops import block_sparse_attention, row_probe_mass
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
-from .patterns import pattern_block_scores, row_probe_mass
+from .patterns import pattern_block_scores
 from .selection import BlockList, select_blocks, with_dense_groups, with_dense_rows
 
 ATTENTION_NAME = "sparse_prefill"

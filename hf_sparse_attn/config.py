@@ -117,10 +117,11 @@ class SparseAttentionConfig:
             raise ValueError(
                 f"indexer_cache_format must be one of {CACHE_FORMATS}, got {self.indexer_cache_format!r}"
             )
-        if self.indexer_cache_format != "native" and self.indexer_dim % 16:
+        dim = self.indexer_dim
+        if self.indexer_cache_format != "native" and (dim < 16 or dim & (dim - 1)):
             raise ValueError(
-                f"a 4-bit indexer K-cache quantizes groups of 16 values: indexer_dim ({self.indexer_dim}) "
-                "must be a multiple of 16"
+                f"a 4-bit indexer K-cache quantizes groups of 16 values with power-of-two kernels: "
+                f"indexer_dim ({dim}) must be a power of two >= 16 (16, 32, 64, ...)"
             )
         if self.sparse_decode and self.selector != "indexer":
             raise ValueError(

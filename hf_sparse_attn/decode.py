@@ -20,8 +20,7 @@ import math
 import torch
 
 from .log import debug_once
-from .ops import sparse_decode_attention
-from .ops.kcache_quant.naive import dequantize, quantize
+from .ops import dequantize_kcache, quantize_kcache, sparse_decode_attention
 from .selection import select_decode_blocks
 
 
@@ -29,7 +28,7 @@ class IndexerKCache:
     """Indexer keys [B, G, L, d] of one layer's cached tokens, grown in place (capacity doubles).
 
     ``fmt`` "native" keeps the indexer's dtype; "int4" / "fp4" keep 4-bit codes with an FP8 scale
-    per 16 values (``ops.kcache_quant``), dequantized when a step reads them.
+    per 16 values (``ops.kcache_quant``: Triton kernels on CUDA), dequantized when a step reads them.
     """
 
     def __init__(self, k_idx: torch.Tensor, fmt: str = "native") -> None:
@@ -46,7 +45,7 @@ class IndexerKCache:
     def _encode(self, k_idx: torch.Tensor) -> list[torch.Tensor]:
         if self.fmt == "native":
             return [k_idx]
-        return list(quantize(k_idx, self.fmt))
+        return list(quantize_kcache(k_idx, self.fmt))
 
     def append(self, k_idx: torch.Tensor) -> None:
         parts = self._encode(k_idx)
@@ -66,7 +65,7 @@ class IndexerKCache:
         parts = [s[:, :, : self.length] for s in self._store]
         if self.fmt == "native":
             return parts[0]
-        return dequantize(*parts, self.fmt, dtype=self.dtype)
+        return dequantize_kcache(*parts, self.fmt, dtype=self.dtype)
 
     def nbytes(self) -> int:
         """Bytes held by the cached entries (not the spare capacity)."""

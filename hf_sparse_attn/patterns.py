@@ -14,7 +14,7 @@ share of the estimated mass (a bound on the estimated error vs dense), ``density
 a fixed cost. It needs no trained weights, so it runs on any checkpoint.
 
 The horizontal component (query rows that need dense attention, ``horizontal_threshold``) is
-measured, not estimated: ``row_probe_mass`` attends densely from the last query of every query block
+measured, not estimated: ``ops.row_probe_mass`` attends densely from the last query of every query block
 (nQ x S per head, 1/block_size of the dense cost); a query block whose probe keeps less than the
 threshold of its attention mass inside the selected blocks attends to all of its causal blocks
 (``selection.with_dense_rows``). It applies on top of any selector.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from .ops.common import check_qk, num_blocks, sequence_lengths
+from .ops.probe_mass.naive import check_groups, probe_probs
 
 
 def _empty_scores(
@@ -32,24 +33,10 @@ def _empty_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(zeros [B, groups, nQ, nK] float32, valid lengths [B]) after checking shapes and groups."""
     B, H, S, _ = check_qk(q, k)
-    if H % groups:
-        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    check_groups(H, groups)
     nb = num_blocks(S, block_size)
     out = torch.zeros(B, groups, nb, nb, dtype=torch.float32, device=q.device)
     return out, sequence_lengths(seq_lens, B, S, q.device)
-
-
-def probe_probs(
-    q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, groups: int
-) -> torch.Tensor:
-    """Causal softmax of one sequence's queries at ``qpos`` (q [H, S, d]) over k [Hk, L, d], averaged
-    over the query heads of each group: [groups, len(qpos), L]."""
-    H, _, d = q.shape
-    Hk, L, _ = k.shape
-    probe = q[:, qpos].float().view(Hk, H // Hk, len(qpos), d)
-    logits = torch.einsum("grpd,gkd->grpk", probe, k.float()) * scale
-    logits = logits.masked_fill(torch.arange(L, device=q.device)[None, :] > qpos[:, None], float("-inf"))
-    return torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(qpos), L).mean(1)
 
 
 def pattern_block_scores(
@@ -94,29 +81,4 @@ def pattern_block_scores(
         )
         score = vertical[:, None, :] + slash[:, distance[:nbl, :nbl]]
         out[b, :, :nbl, :nbl] = torch.where(causal[:nbl, :nbl], score, 0.0)
-    return out
-
-
-def row_probe_mass(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    block_size: int,
-    scale: float,
-    groups: int,
-    seq_lens: torch.Tensor | None = None,
-    rows_per_chunk: int = 64,
-) -> torch.Tensor:
-    """Block mass [B, groups, nQ, nK] of the last valid query of each query block (zero past the end)."""
-    out, lens = _empty_scores(q, k, block_size, groups, seq_lens)
-    for b in range(len(lens)):
-        L = int(lens[b])
-        nbl = num_blocks(L, block_size)
-        for r0 in range(0, nbl, rows_per_chunk):
-            rows = torch.arange(r0, min(nbl, r0 + rows_per_chunk), device=q.device)
-            qpos = torch.clamp((rows + 1) * block_size, max=L) - 1
-            probs = probe_probs(q[b], k[b, :, :L], qpos, scale, groups)
-            pooled = torch.nn.functional.pad(probs, (0, nbl * block_size - L)).view(
-                groups, len(rows), nbl, block_size
-            )
-            out[b, :, rows, :nbl] = pooled.sum(-1)
     return out

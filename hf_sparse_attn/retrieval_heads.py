@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .modeling import indexers, sparse_config_of
-from .patterns import probe_probs
+from .ops.probe_mass.naive import probe_probs
 
 
 @torch.no_grad()

@@ -50,3 +50,36 @@ def test_selection_agreement_on_the_bundled_proxy():
     for fmt in ("int4", "fp4"):
         assert 0.85 < result[fmt]["agreement"] < 1.0, result
         assert result[fmt]["compression"] == pytest.approx(32 / 9)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "fp4"])
+@pytest.mark.parametrize("group,shape", [(16, (3, 2, 130, 16)), (8, (300, 32)), (16, (1, 1, 1, 64))])
+def test_triton_kernels_are_bit_identical_to_the_reference(fmt, group, shape):
+    """Codes and scale bytes equal the reference's; the magnitudes span FP8 subnormal scales (amax
+    down to 1e-4), ties at exact half steps and values past the largest code after scale rounding."""
+    pytest.importorskip("triton")
+    from hf_sparse_attn.ops.kcache_quant.triton import dequantize_triton, quantize_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(*shape, generator=g) * torch.logspace(-4, 3, shape[-2] if len(shape) > 1 else 1)[:, None]
+    x.view(-1, shape[-1])[: min(4, x.numel() // shape[-1]), :4] = torch.tensor([7.0, 3.5, -2.5, 0.25])
+    x = x.to(device)
+    ref_codes, ref_scales = quantize(x, fmt, group)
+    codes, scales = quantize_triton(x, fmt, group)
+    assert torch.equal(scales, ref_scales) and torch.equal(codes, ref_codes)
+    for dtype in (torch.float32, torch.float16):
+        ref = dequantize(codes, scales, fmt, group, dtype=dtype)
+        assert torch.equal(dequantize_triton(codes, scales, fmt, group, dtype=dtype), ref)
+
+
+def test_triton_kernels_reject_sizes_they_cannot_run():
+    pytest.importorskip("triton")
+    from hf_sparse_attn.ops.kcache_quant.triton import dequantize_triton, quantize_triton
+
+    with pytest.raises(ValueError, match="power-of-two dims"):
+        quantize_triton(torch.randn(2, 24), "int4", group=12)
+    with pytest.raises(ValueError, match="do not match group"):
+        dequantize_triton(
+            torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(2, 2, dtype=torch.uint8), "int4", 16
+        )

@@ -168,7 +168,7 @@ def test_find_retrieval_heads_scores_long_range_mass():
 
 
 def test_row_probe_mass_is_the_dense_attention_of_each_blocks_last_query():
-    from hf_sparse_attn.patterns import row_probe_mass
+    from hf_sparse_attn.ops.probe_mass.naive import row_probe_mass
 
     torch.manual_seed(0)
     q, k = torch.randn(2, 4, 70, 8), torch.randn(2, 2, 70, 8)

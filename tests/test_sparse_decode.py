@@ -250,7 +250,9 @@ def test_sparse_decode_config_errors_name_the_fix():
         SparseAttentionConfig(sparse_decode=True, selector="patterns")
     with pytest.raises(NotImplementedError, match="sparse_decode=False"):
         SparseAttentionConfig(sparse_decode=True, retrieval_heads=[[0, 0]])
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="power of two >= 16"):
         SparseAttentionConfig(indexer_dim=8, indexer_cache_format="int4")
+    with pytest.raises(ValueError, match="power of two >= 16"):
+        SparseAttentionConfig(indexer_dim=48, indexer_cache_format="fp4")
     with pytest.raises(ValueError, match="indexer_cache_format"):
         SparseAttentionConfig(indexer_cache_format="fp8")

@@ -13,6 +13,8 @@ from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention  #
 from hf_sparse_attn.ops.block_sparse_attn.triton import block_sparse_attention_triton  # noqa: E402
 from hf_sparse_attn.ops.pooled_mass.naive import pooled_attention_mass  # noqa: E402
 from hf_sparse_attn.ops.pooled_mass.triton import pooled_attention_mass_triton  # noqa: E402
+from hf_sparse_attn.ops.probe_mass import triton as probe_triton  # noqa: E402
+from hf_sparse_attn.ops.probe_mass.naive import row_probe_mass  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -99,6 +101,20 @@ def test_pooled_mass_kernel_split_launches(monkeypatch):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("S,D,Hq,Hkv,G,bs", [*CASES, (700, 32, 4, 2, 2, 16)])
+def test_row_probe_kernel(S, D, Hq, Hkv, G, bs, dtype, monkeypatch):
+    """16 probe rows per program, so the longer cases span several row tiles (and padded rows)."""
+    monkeypatch.setattr(probe_triton, "ROWS", 16)
+    q, k, _ = _inputs(2, Hq, Hkv, S, D, dtype, seed=S + 1)
+    lens = torch.tensor([S, max(1, S - 37)], device=DEVICE)
+    ref = row_probe_mass(q, k, bs, D**-0.5, G, lens)
+    out = probe_triton.row_probe_mass_triton(q, k, bs, D**-0.5, G, lens)
+    assert rel_err(out, ref) < TOL[dtype], rel_err(out, ref)
+    assert float((out - ref).abs().max()) < 10 * TOL[dtype]
+    assert not out[1, :, -(-int(lens[1]) // bs) :].any()
+
+
 def test_kernels_reject_unsupported_inputs():
     q, k, v = _inputs(1, 4, 2, 64, 48, torch.float32)
     blocks = _blocks(q, k, 16, None, 1.0, 1)
@@ -110,6 +126,10 @@ def test_kernels_reject_unsupported_inputs():
         pooled_attention_mass_triton(q[..., :32], k[..., :32], 16, -0.1, 1)
     with pytest.raises(ValueError, match="scale must be positive"):
         block_sparse_attention_triton(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, 16, 0.0)
+    with pytest.raises(ValueError, match="block size 24"):
+        probe_triton.row_probe_mass_triton(q[..., :32], k[..., :32], 24, 0.1, 1)
+    with pytest.raises(ValueError, match="selection groups"):
+        probe_triton.row_probe_mass_triton(q[..., :32], k[..., :32], 16, 0.1, 3)
     q, k, v = _inputs(1, 4, 2, 64, 64, torch.float32)
     with pytest.raises(ValueError, match="dtypes"):
         block_sparse_attention_triton(q, k, v.half(), blocks.kv_num_blocks, blocks.kv_indices, 16, 0.1)

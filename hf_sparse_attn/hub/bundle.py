@@ -16,6 +16,7 @@ PACKAGE = Path(hf_sparse_attn.__file__).parent
 RUNTIME_MODULES = [
     "ops/common.py",
     "ops/pooled_mass/naive.py",
+    "ops/probe_mass/naive.py",
     "ops/block_sparse_attn/naive.py",
     "ops/sparse_decode/naive.py",
     "ops/kcache_quant/naive.py",

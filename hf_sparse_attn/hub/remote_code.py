@@ -21,12 +21,15 @@ from hf_sparse_attn.attention import register
 from hf_sparse_attn.config import CONFIG_NAME, SparseAttentionConfig
 from hf_sparse_attn.modeling import WEIGHTS_NAME, attach_indexer, load_indexer
 from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
+from hf_sparse_attn.ops.kcache_quant.naive import dequantize, quantize
 from hf_sparse_attn.ops.pooled_mass.naive import pooled_attention_mass
+from hf_sparse_attn.ops.probe_mass.naive import row_probe_mass
 from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention
 
 _remote_logger = logging.getLogger("sparse_prefill")
 _reference_block_sparse_attention = block_sparse_attention
 _reference_pooled_attention_mass = pooled_attention_mass
+_reference_row_probe_mass = row_probe_mass
 _reference_sparse_decode_attention = sparse_decode_attention
 _KERNEL_PIN: dict = {}
 _kernel_state: dict = {}
@@ -64,6 +67,25 @@ def pooled_attention_mass(q, k, block_size, scale, groups, seq_lens=None):  # no
     kern = _hub_kernels(q)
     fn = kern.pooled_attention_mass if kern is not None else _reference_pooled_attention_mass
     return fn(q, k, block_size, scale, groups, seq_lens)
+
+
+def row_probe_mass(q, k, block_size, scale, groups, seq_lens=None):  # noqa: F811
+    kern = _hub_kernels(q)
+    reference = _reference_row_probe_mass
+    fn = getattr(kern, "row_probe_mass", reference) if kern is not None else reference
+    return fn(q, k, block_size, scale, groups, seq_lens)
+
+
+def quantize_kcache(x, fmt="int4", group=16):
+    kern = _hub_kernels(x)
+    fn = getattr(kern, "quantize_kcache", quantize) if kern is not None else quantize
+    return fn(x, fmt, group)
+
+
+def dequantize_kcache(codes, scales, fmt="int4", group=16, dtype=torch.float32):
+    kern = _hub_kernels(codes)
+    fn = getattr(kern, "dequantize_kcache", dequantize) if kern is not None else dequantize
+    return fn(codes, scales, fmt, group, dtype)
 
 
 def sparse_decode_attention(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None):  # noqa: F811

@@ -12,7 +12,9 @@ import torch
 
 from .block_sparse_attn import naive as _bsa_naive
 from .common import sequence_lengths
+from .kcache_quant import naive as _quant_naive
 from .pooled_mass import naive as _mass_naive
+from .probe_mass import naive as _probe_naive
 from .sparse_decode import naive as _decode_naive
 
 BACKENDS = ("auto", "triton", "reference")
@@ -79,6 +81,29 @@ def pooled_attention_mass(
     )
 
 
+def row_probe_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    scale: float,
+    groups: int,
+    seq_lens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dense attention mass of each query block's last valid query; contract in ``probe_mass/naive.py``."""
+    if backend_for(q) == "reference":
+        return _probe_naive.row_probe_mass(q, k, block_size, scale, groups, seq_lens)
+    from .probe_mass.triton import row_probe_mass_op
+
+    return row_probe_mass_op(
+        q,
+        k,
+        sequence_lengths(seq_lens, q.shape[0], q.shape[2], q.device, torch.int32),
+        block_size,
+        scale,
+        groups,
+    )
+
+
 def sparse_decode_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -108,10 +133,33 @@ def sparse_decode_attention(
     )
 
 
+def quantize_kcache(x: torch.Tensor, fmt: str = "int4", group: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit codes + FP8 group scales of indexer keys; contract in ``kcache_quant/naive.py``."""
+    if backend_for(x) == "reference":
+        return _quant_naive.quantize(x, fmt, group)
+    from .kcache_quant.triton import kcache_quantize_op
+
+    return kcache_quantize_op(x, fmt, group)
+
+
+def dequantize_kcache(
+    codes: torch.Tensor, scales: torch.Tensor, fmt: str = "int4", group: int = 16, dtype=torch.float32
+) -> torch.Tensor:
+    """Indexer keys back from ``quantize_kcache``; contract in ``kcache_quant/naive.py``."""
+    if backend_for(codes) == "reference":
+        return _quant_naive.dequantize(codes, scales, fmt, group, dtype)
+    from .kcache_quant.triton import kcache_dequantize_op
+
+    return kcache_dequantize_op(codes, scales, fmt, group, dtype)
+
+
 __all__ = [
     "BACKENDS",
     "backend_for",
     "block_sparse_attention",
+    "dequantize_kcache",
     "pooled_attention_mass",
+    "quantize_kcache",
+    "row_probe_mass",
     "sparse_decode_attention",
 ]

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/kcache_quant/naive.py (hf-sparse-attn 0.1.0, ops b6f37a807d1a); do not edit.
+# Generated from hf_sparse_attn/ops/kcache_quant/naive.py (hf-sparse-attn 0.1.0, ops 0b4590749812); do not edit.
 """Reference 4-bit quantization of indexer keys: the spec for a decode-time indexer K-cache.
 
 Each group of ``group`` consecutive values along the last dim shares one scale stored as an FP8
@@ -18,7 +18,7 @@ FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 _LARGEST = {"int4": 7.0, "fp4": 6.0}
 
 
-def _check(x: torch.Tensor, fmt: str, group: int) -> None:
+def check_format(x: torch.Tensor, fmt: str, group: int) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if x.shape[-1] % group or group % 2:
@@ -27,7 +27,7 @@ def _check(x: torch.Tensor, fmt: str, group: int) -> None:
 
 def quantize(x: torch.Tensor, fmt: str = "int4", group: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes uint8 [..., D // 2], scales uint8 [..., D // group]) of x [..., D]."""
-    _check(x, fmt, group)
+    check_format(x, fmt, group)
     g = x.float().unflatten(-1, (-1, group))
     amax = g.abs().amax(-1, keepdim=True)
     scale = (amax / _LARGEST[fmt]).clamp(min=2.0**-9, max=448.0).to(torch.float8_e4m3fn)
