@@ -122,6 +122,7 @@ def _bench(args: argparse.Namespace) -> int:
             "sdpa_ms",
             "kernel_all_blocks_ms",
             "step_ms",
+            "step_int4_kcache_ms",
             "kernel_ms",
             "speedup_step_vs_sdpa",
             "speedup_kernel_vs_sdpa",
@@ -131,22 +132,27 @@ def _bench(args: argparse.Namespace) -> int:
             "decode_attention", args.out, rows, cols, "Decode attention, one Qwen3-8B layer, one step"
         )
         cases = [c.split("x") for c in args.e2e_cases.split(",") if c]
-        e2e = end_to_end_rows([(int(b), _ints(s)[0]) for b, s in cases], densities[0], block=args.block_size)
-        cols = [
-            "batch",
-            "seq_len",
-            "density",
-            "dense_ms",
-            "sparse_ms",
-            "speedup",
-            "cache_cat_ms",
-            "kv_cache_gib",
-            "indexer_kcache_bf16_mib",
-            "indexer_kcache_4bit_mib",
-        ]
-        paths.update(
-            report.save("decode_e2e", args.out, e2e, cols, "Decode per token, Qwen3-8B shape, DynamicCache")
-        )
+        if cases:  # --e2e-cases '' times the attention only
+            e2e = end_to_end_rows(
+                [(int(b), _ints(s)[0]) for b, s in cases], densities[0], block=args.block_size
+            )
+            cols = [
+                "batch",
+                "seq_len",
+                "density",
+                "dense_ms",
+                "sparse_ms",
+                "speedup",
+                "cache_cat_ms",
+                "kv_cache_gib",
+                "indexer_kcache_bf16_mib",
+                "indexer_kcache_4bit_mib",
+            ]
+            paths.update(
+                report.save(
+                    "decode_e2e", args.out, e2e, cols, "Decode per token, Qwen3-8B shape, DynamicCache"
+                )
+            )
     elif args.what == "ttft":
         from .bench.ttft import run as run_ttft
 

@@ -97,12 +97,15 @@ def _attention_case(B: int, L: int, densities: list[float], block: int) -> list[
 
         step_ms = _ms(step)
         num, idx = layer.indexer.last_decode_selection
+        layer.indexer.kcache = IndexerKCache(layer.indexer.keys(k[:, :, : L - 1]), "int4")
+        step_int4_ms = _ms(step)
         kernel_ms = _ms(lambda num=num, idx=idx: sparse_decode_attention(q, k, v, num, idx, block, scale))
         rows.append(
             {
                 **base,
                 "density": float(num.float().mean()) / nk,
                 "step_ms": step_ms,
+                "step_int4_kcache_ms": step_int4_ms,
                 "kernel_ms": kernel_ms,
                 "speedup_step_vs_sdpa": sdpa_ms / step_ms,
                 "speedup_kernel_vs_sdpa": sdpa_ms / kernel_ms,
