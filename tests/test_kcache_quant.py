@@ -52,9 +52,10 @@ def test_selection_agreement_on_the_bundled_proxy():
         assert result[fmt]["compression"] == pytest.approx(32 / 9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", ["int4", "fp4"])
 @pytest.mark.parametrize("group,shape", [(16, (3, 2, 130, 16)), (8, (300, 32)), (16, (1, 1, 1, 64))])
-def test_triton_kernels_are_bit_identical_to_the_reference(fmt, group, shape):
+def test_triton_kernels_are_bit_identical_to_the_reference(fmt, group, shape, dtype):
     """Codes and scale bytes equal the reference's; the magnitudes span FP8 subnormal scales (amax
     down to 1e-4), ties at exact half steps and values past the largest code after scale rounding."""
     pytest.importorskip("triton")
@@ -64,7 +65,7 @@ def test_triton_kernels_are_bit_identical_to_the_reference(fmt, group, shape):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(*shape, generator=g) * torch.logspace(-4, 3, shape[-2] if len(shape) > 1 else 1)[:, None]
     x.view(-1, shape[-1])[: min(4, x.numel() // shape[-1]), :4] = torch.tensor([7.0, 3.5, -2.5, 0.25])
-    x = x.to(device)
+    x = x.to(device=device, dtype=dtype)
     ref_codes, ref_scales = quantize(x, fmt, group)
     codes, scales = quantize_triton(x, fmt, group)
     assert torch.equal(scales, ref_scales) and torch.equal(codes, ref_codes)
