@@ -29,7 +29,9 @@ def quantize(x: torch.Tensor, fmt: str = "int4", group: int = 16) -> tuple[torch
     check_format(x, fmt, group)
     g = x.float().unflatten(-1, (-1, group))
     amax = g.abs().amax(-1, keepdim=True)
-    scale = (amax / _LARGEST[fmt]).clamp(min=2.0**-9, max=448.0).to(torch.float8_e4m3fn)
+    # amax x fp32(1 / largest), not amax / largest: torch divides by a scalar as a multiply by its
+    # reciprocal on CUDA and exactly on the CPU, and the scale must not depend on the device.
+    scale = (amax * (1.0 / _LARGEST[fmt])).clamp(min=2.0**-9, max=448.0).to(torch.float8_e4m3fn)
     scaled = g / scale.float()
     if fmt == "int4":
         codes = (torch.round(scaled).clamp(-8, 7) + 8).to(torch.uint8)

@@ -3,8 +3,8 @@
 A decode step appends one key per layer and reads the whole cache back, so both directions are one
 launch each instead of a dozen small PyTorch ops. Rows [N, D] are flattened from any leading dims.
 Rounding (ties to even) and the FP8 E4M3 scale bytes are computed with fp32 integer-bit arithmetic,
-not hardware FP8 casts, and divisions are IEEE-rounded (``div_rn``; Triton's ``/`` is approximate on
-the GPU), so the codes are bit-identical to the reference on the GPU and under the Triton
+not hardware FP8 casts, and the division by the scale is IEEE-rounded (``div_rn``; Triton's ``/`` is
+approximate on the GPU), so the codes are bit-identical to the reference on the GPU and under the Triton
 interpreter (whose FP8 casts mis-round subnormals).
 """
 
@@ -66,13 +66,8 @@ def _quantize_kernel(
     NG: tl.constexpr = D // GROUP
     x = tl.load(X + rows[:, None] * D + tl.arange(0, D)[None, :], mask=ok[:, None], other=0.0)
     g = tl.reshape(x.to(tl.float32), [BLOCK_R, NG, GROUP])
-    largest = 6.0 if FP4 else 7.0
-    amax = tl.max(tl.abs(g), 2)
-    byte = _e4m3_encode(
-        tl.minimum(
-            tl.maximum(tl.math.div_rn(amax, tl.full(amax.shape, largest, tl.float32)), 0.001953125), 448.0
-        )
-    )
+    inv_largest = 1.0 / 6.0 if FP4 else 1.0 / 7.0  # the reference's fp32(1 / largest) multiply
+    byte = _e4m3_encode(tl.minimum(tl.maximum(tl.max(tl.abs(g), 2) * inv_largest, 0.001953125), 448.0))
     tl.store(SCALES + rows[:, None] * NG + tl.arange(0, NG)[None, :], byte, mask=ok[:, None])
     s = tl.math.div_rn(g, tl.broadcast_to(_e4m3_decode(byte)[:, :, None], g.shape))
     if FP4:

@@ -1,11 +1,12 @@
-# Generated from hf_sparse_attn/ops/kcache_quant/triton.py (hf-sparse-attn 0.1.0, ops 0b4590749812); do not edit.
+# Generated from hf_sparse_attn/ops/kcache_quant/triton.py (hf-sparse-attn 0.1.0, ops 9b7db1a98477); do not edit.
 """Triton 4-bit quantize / dequantize of indexer keys (spec: ``naive.py`` beside this file).
 
 A decode step appends one key per layer and reads the whole cache back, so both directions are one
 launch each instead of a dozen small PyTorch ops. Rows [N, D] are flattened from any leading dims.
 Rounding (ties to even) and the FP8 E4M3 scale bytes are computed with fp32 integer-bit arithmetic,
-not hardware FP8 casts, so the codes are bit-identical to the reference on the GPU and under the
-Triton interpreter (whose FP8 casts mis-round subnormals).
+not hardware FP8 casts, and the division by the scale is IEEE-rounded (``div_rn``; Triton's ``/`` is
+approximate on the GPU), so the codes are bit-identical to the reference on the GPU and under the Triton
+interpreter (whose FP8 casts mis-round subnormals).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _pow2(e):
 def _e4m3_encode(v):
     """Byte of the FP8 E4M3 value nearest to v (positive, in [2^-9, 448]), ties to even."""
     e = tl.maximum(((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
-    steps = _rint(v / _pow2(e - 3)).to(tl.int32)  # v in units of its binade's step: 8..16 (or < 8 subnormal)
+    steps = _rint(v * _pow2(3 - e)).to(tl.int32)  # v in units of its binade's step: 8..16 (or < 8 subnormal)
     e = tl.where(steps == 16, e + 1, e)  # rounded up into the next binade
     steps = tl.where(steps == 16, 8, steps)
     return tl.where(steps >= 8, ((e + 7) << 3) | (steps - 8), steps).to(tl.uint8)
@@ -66,10 +67,10 @@ def _quantize_kernel(
     NG: tl.constexpr = D // GROUP
     x = tl.load(X + rows[:, None] * D + tl.arange(0, D)[None, :], mask=ok[:, None], other=0.0)
     g = tl.reshape(x.to(tl.float32), [BLOCK_R, NG, GROUP])
-    largest = 6.0 if FP4 else 7.0
-    byte = _e4m3_encode(tl.minimum(tl.maximum(tl.max(tl.abs(g), 2) / largest, 0.001953125), 448.0))
+    inv_largest = 1.0 / 6.0 if FP4 else 1.0 / 7.0  # the reference's fp32(1 / largest) multiply
+    byte = _e4m3_encode(tl.minimum(tl.maximum(tl.max(tl.abs(g), 2) * inv_largest, 0.001953125), 448.0))
     tl.store(SCALES + rows[:, None] * NG + tl.arange(0, NG)[None, :], byte, mask=ok[:, None])
-    s = g / _e4m3_decode(byte)[:, :, None]
+    s = tl.math.div_rn(g, tl.broadcast_to(_e4m3_decode(byte)[:, :, None], g.shape))
     if FP4:
         a = tl.abs(s)
         idx = (a > 0.25).to(tl.int32) + (a > 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
