@@ -58,8 +58,9 @@ def build_kernel_repo(out_dir: str | Path, version: int = KERNEL_VERSION) -> Pat
     (variant / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / "README.md").write_text(
         f"---\nlicense: apache-2.0\ntags:\n- kernels\n- sparse-attention\n---\n\n# {KERNEL_NAME} v{version}\n\n"
-        "Block-sparse causal GQA attention and block-pooled attention mass (Triton; plain-PyTorch references\n"
-        "run off CUDA), built from hf-sparse-attn's `hf_sparse_attn/ops` by `hf-sparse-attn build-kernels`.\n\n"
+        "Block-sparse causal GQA attention (prefill and split-KV decode), block-pooled attention mass, the\n"
+        "row probe of the training-free selector and 4-bit indexer K-cache quantization (Triton; plain-PyTorch\n"
+        "references run off CUDA), built from hf-sparse-attn's `hf_sparse_attn/ops` by `hf-sparse-attn build-kernels`.\n\n"
         "```python\nimport kernels\n"
         f'ops = kernels.get_kernel("{DEFAULT_KERNEL_REPO}", version={version})\n'
         "out, lse = ops.block_sparse_attention(q, k, v, kv_num_blocks, kv_indices, block_size, scale)\n```\n"
