@@ -133,3 +133,15 @@ def test_kernels_reject_unsupported_inputs():
     q, k, v = _inputs(1, 4, 2, 64, 64, torch.float32)
     with pytest.raises(ValueError, match="dtypes"):
         block_sparse_attention_triton(q, k, v.half(), blocks.kv_num_blocks, blocks.kv_indices, 16, 0.1)
+
+
+def test_block_sparse_kernel_copies_views_tma_cannot_address():
+    """K / V load through TMA descriptors (16-byte aligned base and strides): an unaligned view is
+    copied first, with the same result."""
+    q, k, v = _inputs(1, 4, 2, 150, 32, torch.float16, seed=9)
+    wide = torch.cat([torch.zeros_like(k[..., :1]), k], -1)[..., 1:]  # rows of 33 halves: 66-byte stride
+    assert wide.stride(2) * 2 % 16 and torch.equal(wide, k)
+    blocks = _blocks(q, k, 32, None, 0.5, 1)
+    ref, _ = block_sparse_attention_triton(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, 32, 0.2)
+    out, _ = block_sparse_attention_triton(q, wide, v, blocks.kv_num_blocks, blocks.kv_indices, 32, 0.2)
+    assert torch.equal(out, ref)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..block_sparse_attn.triton import _tile
+from ..block_sparse_attn.triton import _tile, kv_descriptor
 from ..common import check_decode, check_scale, sequence_lengths
 
 LOG2E = 1.4426950408889634
@@ -34,12 +34,6 @@ def _decode_split_kernel(
     qk_scale,
     stride_qb,
     stride_qh,
-    stride_kb,
-    stride_kh,
-    stride_ks,
-    stride_vb,
-    stride_vh,
-    stride_vs,
     stride_nb,
     stride_ng,
     stride_ib,
@@ -68,12 +62,9 @@ def _decode_split_kernel(
     row_ok = rows < REP
     heads = kvh * REP + rows
     offs_d = tl.arange(0, D)
-    offs_n = tl.arange(0, BLOCK_N)
     q = tl.load(
         Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0
     )
-    k_base = K + b * stride_kb + kvh * stride_kh
-    v_base = V + b * stride_vb + kvh * stride_vh
     idx_base = IDX + b * stride_ib + g * stride_ig
 
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
@@ -85,21 +76,20 @@ def _decode_split_kernel(
     for i in range(start, end):
         kb = tl.load(idx_base + i)
         for j in tl.static_range(BLOCK // BLOCK_N):
-            kpos = kb * BLOCK + j * BLOCK_N + offs_n
             m_i, l_i, acc = _tile(
                 q,
-                k_base,
-                v_base,
-                kpos,
-                offs_d,
+                K,
+                V,
+                b,
+                kvh,
+                kb * BLOCK + j * BLOCK_N,
                 last,
                 m_i,
                 l_i,
                 acc,
                 qk_scale,
-                stride_ks,
-                stride_vs,
-                L,
+                BLOCK_N,
+                D,
                 True,
                 PRECISION,
             )
@@ -174,7 +164,7 @@ def sparse_decode_attention_triton(
     rep = Hq // Hkv
     if rep > 64:
         raise ValueError(f"{rep} query heads per kv head: the decode kernel stacks at most 64")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q = q if q.stride(-1) == 1 else q.contiguous()
     lens = sequence_lengths(seq_lens, B, L, q.device, torch.int32)
     num = kv_num_blocks.to(torch.int32)
     idx = kv_indices.to(torch.int32)
@@ -185,10 +175,11 @@ def sparse_decode_attention_triton(
     part_o = torch.empty(B * Hq * splits, D, dtype=torch.float32, device=q.device)
     part_m = torch.empty(B * Hq * splits, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)
+    block_n = min(block_size, 64)
     _decode_split_kernel[(B * Hkv, splits)](
         q,
-        k,
-        v,
+        kv_descriptor(k, block_n),
+        kv_descriptor(v, block_n),
         num,
         idx,
         lens,
@@ -198,12 +189,6 @@ def sparse_decode_attention_triton(
         scale * LOG2E,
         q.stride(0),
         q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        v.stride(0),
-        v.stride(1),
-        v.stride(2),
         num.stride(0),
         num.stride(1),
         idx.stride(0),
@@ -216,7 +201,7 @@ def sparse_decode_attention_triton(
         KV_PER_GROUP=Hkv // G,
         ROWS=max(16, triton.next_power_of_2(rep)),
         BLOCK=block_size,
-        BLOCK_N=min(block_size, 64),
+        BLOCK_N=block_n,
         D=D,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4,
