@@ -4,8 +4,10 @@ Split-KV ("flash decoding"): a decode step has one query per head, far too littl
 program per head, so program (row x kv head, split) walks its share of the block list with all the
 query heads of that kv head stacked (padded to 16 rows for ``tl.dot``) and writes a partial
 (max, sum, accumulator); a second kernel merges the splits. Two launches per layer, a grid fixed by
-shapes (no host sync on the selection sizes). The online-softmax step is the prefill kernel's ``_tile``
-with the query placed after every cached key, so its causal mask is the cache-length mask.
+shapes (no host sync on the selection sizes). The online-softmax step is the prefill kernel's
+(``_row_max`` / ``_update``) with the query placed after every cached key, so its causal mask is the
+cache-length mask. K / V come through pointer loads, not the prefill's TMA descriptors: building two
+descriptors on the host costs ~0.1 ms per call, as much as the whole decode kernel.
 """
 
 from __future__ import annotations
@@ -14,10 +16,37 @@ import torch
 import triton
 import triton.language as tl
 
-from ..block_sparse_attn.triton import _tile, kv_descriptor
+from ..block_sparse_attn.triton import _row_max, _update
 from ..common import check_decode, check_scale, sequence_lengths
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _cache_tile(
+    q,
+    k_base,
+    v_base,
+    kpos,
+    offs_d,
+    last,
+    m_i,
+    l_i,
+    acc,
+    qk_scale,
+    stride_ks,
+    stride_vs,
+    L,
+    PRECISION: tl.constexpr,
+):
+    """One online-softmax step over the cached keys at ``kpos`` (masked past ``last`` and ``L``)."""
+    in_seq = kpos < L
+    k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
+    s = tl.where(kpos[None, :] <= last[:, None], tl.dot(q, k, input_precision=PRECISION), float("-inf"))
+    m_new = _row_max(s, m_i, qk_scale, True)
+    v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
+    l_i, acc = _update(s, v, m_i, m_new, l_i, acc, qk_scale, PRECISION)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -34,6 +63,12 @@ def _decode_split_kernel(
     qk_scale,
     stride_qb,
     stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
     stride_nb,
     stride_ng,
     stride_ib,
@@ -62,9 +97,12 @@ def _decode_split_kernel(
     row_ok = rows < REP
     heads = kvh * REP + rows
     offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BLOCK_N)
     q = tl.load(
         Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0
     )
+    k_base = K + b * stride_kb + kvh * stride_kh
+    v_base = V + b * stride_vb + kvh * stride_vh
     idx_base = IDX + b * stride_ib + g * stride_ig
 
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
@@ -76,21 +114,21 @@ def _decode_split_kernel(
     for i in range(start, end):
         kb = tl.load(idx_base + i)
         for j in tl.static_range(BLOCK // BLOCK_N):
-            m_i, l_i, acc = _tile(
+            kpos = kb * BLOCK + j * BLOCK_N + offs_n
+            m_i, l_i, acc = _cache_tile(
                 q,
-                K,
-                V,
-                b,
-                kvh,
-                kb * BLOCK + j * BLOCK_N,
+                k_base,
+                v_base,
+                kpos,
+                offs_d,
                 last,
                 m_i,
                 l_i,
                 acc,
                 qk_scale,
-                BLOCK_N,
-                D,
-                True,
+                stride_ks,
+                stride_vs,
+                L,
                 PRECISION,
             )
     part = (b * HQ + heads) * SPLITS + split
@@ -164,7 +202,7 @@ def sparse_decode_attention_triton(
     rep = Hq // Hkv
     if rep > 64:
         raise ValueError(f"{rep} query heads per kv head: the decode kernel stacks at most 64")
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     lens = sequence_lengths(seq_lens, B, L, q.device, torch.int32)
     num = kv_num_blocks.to(torch.int32)
     idx = kv_indices.to(torch.int32)
@@ -175,11 +213,10 @@ def sparse_decode_attention_triton(
     part_o = torch.empty(B * Hq * splits, D, dtype=torch.float32, device=q.device)
     part_m = torch.empty(B * Hq * splits, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)
-    block_n = min(block_size, 64)
     _decode_split_kernel[(B * Hkv, splits)](
         q,
-        kv_descriptor(k, block_n),
-        kv_descriptor(v, block_n),
+        k,
+        v,
         num,
         idx,
         lens,
@@ -189,6 +226,12 @@ def sparse_decode_attention_triton(
         scale * LOG2E,
         q.stride(0),
         q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
         num.stride(0),
         num.stride(1),
         idx.stride(0),
@@ -201,7 +244,7 @@ def sparse_decode_attention_triton(
         KV_PER_GROUP=Hkv // G,
         ROWS=max(16, triton.next_power_of_2(rep)),
         BLOCK=block_size,
-        BLOCK_N=block_n,
+        BLOCK_N=min(block_size, 64),
         D=D,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4,

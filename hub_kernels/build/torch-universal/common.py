@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 9b7db1a98477); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 7657b9866211); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 9b7db1a98477); do not edit.
+# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 7657b9866211); do not edit.
 """Triton block-sparse decode attention (spec: ``naive.py`` beside this file).
 
 Split-KV ("flash decoding"): a decode step has one query per head, far too little work for one
 program per head, so program (row x kv head, split) walks its share of the block list with all the
 query heads of that kv head stacked (padded to 16 rows for ``tl.dot``) and writes a partial
 (max, sum, accumulator); a second kernel merges the splits. Two launches per layer, a grid fixed by
-shapes (no host sync on the selection sizes). The online-softmax step is the prefill kernel's ``_tile``
-with the query placed after every cached key, so its causal mask is the cache-length mask.
+shapes (no host sync on the selection sizes). The online-softmax step is the prefill kernel's
+(``_row_max`` / ``_update``) with the query placed after every cached key, so its causal mask is the
+cache-length mask. K / V come through pointer loads, not the prefill's TMA descriptors: building two
+descriptors on the host costs ~0.1 ms per call, as much as the whole decode kernel.
 """
 
 from __future__ import annotations
@@ -15,10 +17,37 @@ import torch
 import triton
 import triton.language as tl
 
-from ..block_sparse_attn.triton import _tile
+from ..block_sparse_attn.triton import _row_max, _update
 from ..common import check_decode, check_scale, sequence_lengths
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _cache_tile(
+    q,
+    k_base,
+    v_base,
+    kpos,
+    offs_d,
+    last,
+    m_i,
+    l_i,
+    acc,
+    qk_scale,
+    stride_ks,
+    stride_vs,
+    L,
+    PRECISION: tl.constexpr,
+):
+    """One online-softmax step over the cached keys at ``kpos`` (masked past ``last`` and ``L``)."""
+    in_seq = kpos < L
+    k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
+    s = tl.where(kpos[None, :] <= last[:, None], tl.dot(q, k, input_precision=PRECISION), float("-inf"))
+    m_new = _row_max(s, m_i, qk_scale, True)
+    v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
+    l_i, acc = _update(s, v, m_i, m_new, l_i, acc, qk_scale, PRECISION)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -87,7 +116,7 @@ def _decode_split_kernel(
         kb = tl.load(idx_base + i)
         for j in tl.static_range(BLOCK // BLOCK_N):
             kpos = kb * BLOCK + j * BLOCK_N + offs_n
-            m_i, l_i, acc = _tile(
+            m_i, l_i, acc = _cache_tile(
                 q,
                 k_base,
                 v_base,
@@ -101,7 +130,6 @@ def _decode_split_kernel(
                 stride_ks,
                 stride_vs,
                 L,
-                True,
                 PRECISION,
             )
     part = (b * HQ + heads) * SPLITS + split
