@@ -253,6 +253,39 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kcache_agreement(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import report
+    from .eval.kcache_agreement import kcache_selection_agreement
+    from .eval.runner import calibration_prompts
+    from .proxy import PROXY_DIR, load_proxy
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_proxy(args.model or str(PROXY_DIR), device)
+    prompts = calibration_prompts(tok, args.length, per_task=args.per_task)
+    rows = []
+    for group in _ints(args.groups):
+        for fmt, r in kcache_selection_agreement(model, prompts, group=group).items():
+            rows.append({"format": fmt, "group": group, "length": args.length, "prompts": len(prompts), **r})
+            print(rows[-1], flush=True)
+    cols = [
+        "format",
+        "group",
+        "length",
+        "prompts",
+        "agreement",
+        "mass_recall",
+        "bytes_per_key",
+        "compression",
+    ]
+    paths = report.save(
+        "kcache_agreement", args.out, rows, cols, "4-bit indexer K-cache: selections vs bf16 indexer keys"
+    )
+    print("wrote", ", ".join(paths.values()))
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     from .recipe import main as recipe_main
 
@@ -364,6 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None)
     ev.add_argument("--out", default="results/eval")
     ev.set_defaults(func=_eval)
+    agree = sub.add_parser(
+        "kcache-agreement",
+        help="how often a 4-bit indexer K-cache selects the blocks bf16 indexer keys select (bundled proxy)",
+    )
+    agree.add_argument(
+        "--model", default=None, help="model directory with indexer (default: the bundled proxy)"
+    )
+    agree.add_argument("--length", type=int, default=4096, help="calibration prompt length in tokens")
+    agree.add_argument("--per-task", type=int, default=1, help="calibration prompts per task")
+    agree.add_argument("--groups", default="16,8", help="comma list of quantization group sizes")
+    agree.add_argument("--device", default=None)
+    agree.add_argument("--out", default="results/kcache")
+    agree.set_defaults(func=_kcache_agreement)
     bench = sub.add_parser(
         "bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft | decode"
     )

@@ -49,6 +49,7 @@ def test_selection_agreement_on_the_bundled_proxy():
     )
     for fmt in ("int4", "fp4"):
         assert 0.85 < result[fmt]["agreement"] < 1.0, result
+        assert result[fmt]["agreement"] < result[fmt]["mass_recall"] < 1.0, result  # the flips are near-ties
         assert result[fmt]["compression"] == pytest.approx(32 / 9)
 
 
@@ -84,3 +85,17 @@ def test_triton_kernels_reject_sizes_they_cannot_run():
         dequantize_triton(
             torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(2, 2, dtype=torch.uint8), "int4", 16
         )
+
+
+def test_kcache_agreement_cli_writes_a_table(tmp_path, capsys):
+    import json
+
+    from hf_sparse_attn.cli import main
+
+    assert main(["kcache-agreement", "--length", "512", "--groups", "16", "--out", str(tmp_path)]) == 2
+    assert "use longer prompts" in capsys.readouterr().err
+    assert main(["kcache-agreement", "--length", "2048", "--groups", "16", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "kcache_agreement.json").read_text())["rows"]
+    assert [(r["format"], r["group"], r["prompts"]) for r in rows] == [("int4", 16, 11), ("fp4", 16, 11)]
+    assert all(0.5 < r["agreement"] <= r["mass_recall"] <= 1.0 for r in rows)
+    assert "mass_recall" in (tmp_path / "kcache_agreement.md").read_text()

@@ -4,7 +4,9 @@ For each prompt and indexed layer, the layer's q/k (captured through the indexer
 forward) are projected by the indexer; block scores are computed once from the full-precision
 indexer keys and once from ``dequantize(quantize(keys))``; both go through ``select_blocks`` with
 the model's config. Agreement = |chosen_quant & chosen_full| / |chosen_full| over the blocks the
-budget chose (sink / local / tail blocks, kept either way, are left out).
+budget chose (sink / local / tail blocks, kept either way, are left out). Mass recall = the
+full-precision indexer mass of the quantized choice over that of the full-precision choice: near 1
+when the blocks that flip are near-ties, which matter little to attention.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from ..selection import select_blocks
 def kcache_selection_agreement(
     model: torch.nn.Module, prompts: list[torch.Tensor], formats: tuple[str, ...] = FORMATS, group: int = 16
 ) -> dict[str, dict[str, float]]:
-    """{format: {"agreement", "bytes_per_key", "bf16_bytes_per_key", "compression"}} over all layers and prompts."""
+    """{format: {"agreement", "mass_recall", "bytes_per_key", "bf16_bytes_per_key", "compression"}} over all
+    layers and prompts."""
     cfg = sparse_config_of(model)
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -43,22 +46,32 @@ def kcache_selection_agreement(
     scale = 1.0 / math.sqrt(cfg.indexer_dim)
     forced_only = replace(cfg, top_k=1, density=None, top_p=None, layer_top_p=None)
     hits = {f: 0.0 for f in formats}
-    total = 0.0
+    mass = {f: 0.0 for f in formats}
+    total = total_mass = 0.0
     for q_idx, k_idx in captured:
         scores = pooled_attention_mass(q_idx, k_idx, cfg.block_size, scale, cfg.indexer_heads)
         forced = select_blocks(torch.zeros_like(scores), forced_only).to_dense()
         chosen = select_blocks(scores, cfg).to_dense() & ~forced
         total += float(chosen.sum())
+        total_mass += float((scores * chosen).sum())
         for f in formats:
             k_q = dequantize(*quantize(k_idx, f, group), f, group, dtype=k_idx.dtype)
             quant = select_blocks(
                 pooled_attention_mass(q_idx, k_q, cfg.block_size, scale, cfg.indexer_heads), cfg
             )
-            hits[f] += float((quant.to_dense() & chosen).sum())
+            picked = quant.to_dense() & ~forced
+            hits[f] += float((picked & chosen).sum())
+            mass[f] += float((scores * picked).sum())
+    if total == 0:
+        raise ValueError(
+            "the budget chose no block beyond the forced sink / local / tail ones on these prompts: "
+            "use longer prompts (more key blocks than the forced ones) to measure agreement"
+        )
     dim = cfg.indexer_dim * cfg.indexer_heads
     return {
         f: {
-            "agreement": hits[f] / max(total, 1.0),
+            "agreement": hits[f] / total,
+            "mass_recall": mass[f] / max(total_mass, 1e-30),
             "bytes_per_key": bytes_per_vector(dim, group),
             "bf16_bytes_per_key": 2 * dim,
             "compression": 2 * dim / bytes_per_vector(dim, group),
