@@ -6,12 +6,13 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   layer that has an indexer: selector block scores -> ``select_blocks`` -> block-sparse kernel.
 - dense + observed: inside ``distill.distillation_forward`` (the indexer's ``observer`` records
   teacher / student terms from the layer's q/k; the output is the dense one).
-- sparse decode (``sparse_decode=True``): a one-token step over an unpadded dynamic cache of at
-  least ``min_sparse_len`` tokens: indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel
-  (see ``decode``). Prefills then also fill the layer's indexer K-cache.
-- dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or padded / static-cache /
-  short ones, or ones handed a materialized mask, which transformers 5.17 builds for decode steps
-  under ``torch.compile``), chunked prefill, static-cache prefill, prompts shorter
+- sparse decode (``sparse_decode=True``): a one-token step over a cache of at least
+  ``min_sparse_len`` keys (for a static cache: its capacity), with no mask or a one-row key mask
+  (static caches, left-padded batches, and the decode masks transformers 5.17 materializes under
+  ``torch.compile``): indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel (see
+  ``decode``). Prefills then also fill the layer's indexer K-cache.
+- dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or short ones, or with any
+  other mask), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
   non-causal modules (vision towers). Each such reason is logged once at debug level.
 
@@ -153,12 +154,13 @@ def sparse_prefill_attention(
     if indexer is None:
         reason = "dense layer"
     elif q_len == 1 and kv_len > 1 and sparse_decode:
-        if attention_mask is not None:
-            reason = "decode with a padding or static-cache mask"
+        key_valid = _decode_key_mask(attention_mask, query.shape[0], kv_len)
+        if attention_mask is not None and key_valid is None:
+            reason = "decode with a mask that is not one key row per sequence"
         elif kv_len < indexer.config.min_sparse_len:
             reason = "decode over a cache shorter than min_sparse_len"
         else:
-            return sparse_decode_step(module, query, key, value, _scaling(query, scaling)), None
+            return sparse_decode_step(module, query, key, value, _scaling(query, scaling), key_valid), None
     elif q_len != kv_len:
         reason = "decode or chunked prefill"
     elif q_len < indexer.config.min_sparse_len:
@@ -185,6 +187,18 @@ def sparse_prefill_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def _decode_key_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:
+    """The keys each row of a decode step may read, [B, L] bool, from the step's mask (a static
+    cache's or a padded batch's: [B, 1, 1, L] bool, or additive float with -inf / min at masked keys);
+    None when there is no mask or it is not of that form."""
+    if mask is None or mask.dim() != 4 or tuple(mask.shape[1:3]) != (1, 1) or mask.shape[-1] != kv_len:
+        return None
+    row = mask[:, 0, 0, :]
+    if mask.dtype != torch.bool:
+        row = row == 0
+    return row.expand(batch, kv_len)
 
 
 def _scaling(query: torch.Tensor, scaling: float | None) -> float:

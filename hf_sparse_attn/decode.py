@@ -7,10 +7,15 @@ row), keeps the budget's blocks plus sink and local blocks (``selection.select_d
 runs the split-KV decode kernel on them: per layer one projection, a few small scoring ops and two
 kernel launches, all sized from shapes, so nothing waits on the host.
 
-The K-cache follows the sequence by length: if its length is not the KV cache's minus one (a cache
-built by chunked prefill, a cache from another call, a changed batch), it is rebuilt from the keys
-the layer receives (correct, one projection of the whole cache) and that is logged once at debug
-level. Beam search reorders the KV cache behind the layer's back: keep ``sparse_decode`` off there.
+The K-cache follows the sequence by length: one entry appended per step while it is one shorter than
+the KV cache. A static cache hands every step the whole preallocated cache plus a key mask: the
+K-cache then spans the same slots and each step writes its new key at the row's last valid slot
+(device-side, so the step can be captured in a CUDA graph). The key mask (static caches, left-padded
+batches) also masks the scores and the kernel, and places the sink blocks at each row's first valid
+key and the local blocks before its last. Any other mismatch (a cache built by chunked prefill, a
+cache from another call, a changed batch, the first step over a static cache) rebuilds it from the
+keys the layer receives (correct, one projection of the whole cache), logged once at debug level.
+Beam search reorders the KV cache behind the layer's back: keep ``sparse_decode`` off there.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ class IndexerKCache:
             store[:, :, self.length : new] = p
         self.length = new
 
+    def write(self, slot: torch.Tensor, k_idx: torch.Tensor) -> None:
+        """Store one key per row, k_idx [B, G, 1, d], at cache slot ``slot`` [B] (a device tensor)."""
+        for store, p in zip(self._store, self._encode(k_idx), strict=True):
+            index = slot.view(-1, 1, 1, 1).expand(p.shape[0], p.shape[1], 1, p.shape[3])
+            store[:, :, : self.length].scatter_(2, index, p)
+
     def keys(self) -> torch.Tensor:
         """The cached indexer keys [B, G, L, d] in the indexer's dtype."""
         parts = [s[:, :, : self.length] for s in self._store]
@@ -79,10 +90,13 @@ def store_prefill_keys(indexer: torch.nn.Module, k_idx: torch.Tensor | None, key
     indexer.kcache = IndexerKCache(k_idx, indexer.config.indexer_cache_format)
 
 
-def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor) -> IndexerKCache:
+def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor, last: torch.Tensor | None) -> IndexerKCache:
     cache, L = indexer.kcache, key.shape[2]
-    if cache is not None and cache.length == L - 1 and cache.batch == key.shape[0]:
+    if cache is not None and cache.batch == key.shape[0] and cache.length == L - 1:
         cache.append(indexer.keys(key[:, :, L - 1 :]))
+    elif cache is not None and cache.batch == key.shape[0] and cache.length == L and last is not None:
+        index = last.view(-1, 1, 1, 1).expand(key.shape[0], key.shape[1], 1, key.shape[3])
+        cache.write(last, indexer.keys(key.gather(2, index)))
     else:
         debug_once("sparse_decode: indexer K-cache rebuilt from the KV cache (it did not follow this cache)")
         store_prefill_keys(indexer, None, key)
@@ -90,12 +104,19 @@ def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor) -> IndexerKCac
 
 
 def decode_block_scores(
-    q_idx: torch.Tensor, k_idx: torch.Tensor, block_size: int, scale: float
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    block_size: int,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indexer softmax mass of one query row pooled per key block: q_idx [B, G, 1, d], k_idx
-    [B, G, L, d] -> float32 [B, G, ceil(L / block_size)] (rows sum to 1)."""
+    [B, G, L, d] (keys outside ``key_valid`` [B, L] masked) -> float32 [B, G, ceil(L / block_size)]
+    (rows sum to 1)."""
     L = k_idx.shape[2]
     logits = torch.matmul(q_idx.float(), k_idx.float().transpose(-1, -2))[:, :, 0] * scale
+    if key_valid is not None:
+        logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     nk = -(-L // block_size)
     probs = torch.nn.functional.pad(probs, (0, nk * block_size - L))
@@ -103,17 +124,29 @@ def decode_block_scores(
 
 
 def sparse_decode_step(
-    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of a layer: query [B, Hq, 1, D] over the cache key/value [B, Hkv, L, D] ->
-    attention output [B, 1, Hq, D] (the layout attention functions return)."""
+    attention output [B, 1, Hq, D] (the layout attention functions return). ``key_valid`` [B, L]
+    bool: the keys each row may attend to (a static or left-padded cache's mask; None = all)."""
     indexer = module.indexer
     cfg = indexer.config
-    cache = _kcache_for_step(indexer, key)
+    bounds = lens = None
+    if key_valid is not None:
+        slots = torch.arange(key.shape[2], device=key.device)
+        last = torch.where(key_valid, slots, -1).amax(-1)
+        first = torch.where(key_valid, slots, key.shape[2]).amin(-1)
+        bounds, lens = (first // cfg.block_size, last // cfg.block_size), last + 1
+    cache = _kcache_for_step(indexer, key, None if key_valid is None else lens - 1)
     scores = decode_block_scores(
-        indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim)
+        indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim), key_valid
     )
-    num, idx = select_decode_blocks(scores, cfg)
+    num, idx = select_decode_blocks(scores, cfg, bounds)
     indexer.last_decode_selection = (num, idx)
-    out, _ = sparse_decode_attention(query, key, value, num, idx, cfg.block_size, scaling)
+    out, _ = sparse_decode_attention(query, key, value, num, idx, cfg.block_size, scaling, lens, key_valid)
     return out.transpose(1, 2).contiguous()

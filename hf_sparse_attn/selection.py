@@ -130,37 +130,49 @@ def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
 
 
 def select_decode_blocks(
-    scores: torch.Tensor, config: SparseAttentionConfig
+    scores: torch.Tensor,
+    config: SparseAttentionConfig,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key blocks for one decode query per row from ``scores`` [B, G, nK] (every block is causal):
-    sink blocks and the last ``local_blocks`` blocks are forced, the budget rule (as in prefill, with
-    ``nK`` candidates) ranks the rest. Returns (kv_num_blocks [B, G], kv_indices [B, G, W]) int32, in
-    score order; W depends only on the config and ``nK``.
+    """Key blocks for one decode query per row from ``scores`` [B, G, nK]: sink blocks and the last
+    ``local_blocks`` blocks are forced, the budget rule (as in prefill, over the row's candidate
+    blocks) ranks the rest. ``bounds`` = (first, last) block of each row's valid keys [B] (device
+    tensors; a static or left-padded cache), None = all nK blocks. Returns (kv_num_blocks [B, G],
+    kv_indices [B, G, W]) int32, best first; W depends only on the config and ``nK``.
     """
     if scores.dim() != 3:
         raise ValueError(f"decode scores must be [B, G, nK], got {tuple(scores.shape)}")
     B, G, nk = scores.shape
-    kb = torch.arange(nk, device=scores.device)
-    forced = (kb < config.sink_blocks) | (kb >= nk - config.local_blocks)
-    n_forced = min(nk, config.sink_blocks + config.local_blocks)
-    s = scores.float()
-    prio = torch.where(forced, float("inf"), s)
+    dev = scores.device
+    kb = torch.arange(nk, device=dev)
+    if bounds is None:
+        first = torch.zeros(B, 1, 1, dtype=torch.long, device=dev)
+        last = torch.full((B, 1, 1), nk - 1, dtype=torch.long, device=dev)
+    else:
+        first, last = (t.to(dev).long().view(B, 1, 1) for t in bounds)
+    valid = (kb >= first) & (kb <= last)
+    forced = valid & ((kb < first + config.sink_blocks) | (kb > last - config.local_blocks))
+    n_valid = (last - first + 1)[..., 0]
+    n_forced = torch.clamp(n_valid, max=config.sink_blocks + config.local_blocks)
+    s = torch.where(valid, scores.float(), 0.0)
+    prio = torch.where(forced, float("inf"), torch.where(valid, s, float("-inf")))
     name, value = config.budget
     if name == "top_p":
         order = torch.sort(prio, dim=-1, descending=True, stable=True).indices
         mass = s.clamp(min=0)[:, :, None]
-        n_cand = torch.full((B, G, 1), nk, device=scores.device)
-        count = _top_p_count(mass, order[:, :, None], value, n_cand)
+        count = _top_p_count(mass, order[:, :, None], value, n_valid[..., None].expand(B, G, 1))
         if config.layer_top_p is not None:
-            count = torch.minimum(
-                count, _layer_top_p_count(mass, forced.expand(1, 1, 1, nk), config.layer_top_p)
-            )
-        count = torch.clamp(count, min=n_forced, max=nk)[..., 0]
+            count = torch.minimum(count, _layer_top_p_count(mass, forced[:, :, None], config.layer_top_p))
+        count = torch.minimum(torch.maximum(count[..., 0], n_forced), n_valid)
         return count.to(torch.int32), order.to(torch.int32).contiguous()
-    width = min(nk, max(n_forced, _budget_blocks(config, nk)))
-    chosen = torch.topk(prio, width, dim=-1, sorted=False).indices
-    count = torch.full((B, G), width, dtype=torch.int32, device=scores.device)
-    return count, chosen.to(torch.int32).contiguous()
+    width = min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk)))
+    chosen = torch.topk(prio, width, dim=-1, sorted=True).indices
+    if name == "top_k":
+        budget = torch.full_like(n_valid, value)
+    else:
+        budget = torch.ceil(n_valid.float() * value - 1e-6).long()
+    count = torch.minimum(torch.maximum(budget, n_forced).clamp(max=width), n_valid)
+    return count.expand(B, G).to(torch.int32).contiguous(), chosen.to(torch.int32).contiguous()
 
 
 def _layer_top_p_count(mass: torch.Tensor, forced: torch.Tensor, p: float) -> torch.Tensor:

@@ -99,6 +99,16 @@ def check_decode(
         )
     return B, Hq, k.shape[2], D
 
+
+def check_key_mask(key_mask: torch.Tensor, batch: int, cache_len: int) -> torch.Tensor:
+    """A decode key mask must be bool [B, L] (True = the row may attend to that cached key)."""
+    if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (batch, cache_len):
+        raise ValueError(
+            f"key_mask must be bool [batch, cache_len] = [{batch}, {cache_len}], got {key_mask.dtype} "
+            f"{tuple(key_mask.shape)}"
+        )
+    return key_mask
+
 # ---- hf_sparse_attn/ops/pooled_mass/naive.py ----
 """Reference: block-pooled causal attention mass (the spec for the fused Triton kernel).
 
@@ -329,8 +339,9 @@ def check_block_list(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, B: i
 
 One new query token per row attends to the key blocks listed for its selection group over the
 whole KV cache: no causal mask is needed (every cached key precedes the query), only the row's
-valid cache length ``seq_lens[b]`` masks the tail of a partial last block. Works on gathered keys,
-so memory is O(selected keys).
+valid cache length ``seq_lens[b]`` masks the tail of a partial last block, and an optional key mask
+(a left-padded or static cache) masks keys inside it. Works on gathered keys, so memory is
+O(selected keys).
 """
 
 
@@ -347,8 +358,11 @@ def sparse_decode_attention(
     block_size: int,
     scale: float,
     seq_lens: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q [B, Hq, 1, D] over the selected blocks of the cache k/v [B, Hkv, L, D].
+
+    ``key_mask`` [B, L] bool (None = all) marks the keys a row may attend to.
 
     ``kv_num_blocks`` [B, G] and ``kv_indices`` [B, G, W] list, per selection group, the key blocks
     to read (the first ``kv_num_blocks`` entries, any order, no repeats). Query head h uses group
@@ -369,6 +383,8 @@ def sparse_decode_attention(
     keep = slot_ok & (pos < lens[:, None, None])
     b_idx = torch.arange(B, device=dev)[:, None, None]
     pos_c = pos.clamp(max=L - 1)
+    if key_mask is not None:
+        keep &= check_key_mask(key_mask, B, L).to(dev)[b_idx, pos_c]
     ks = k.float()[b_idx, head_kv[None, :, None], pos_c]
     vs = v.float()[b_idx, head_kv[None, :, None], pos_c]
     scores = torch.einsum("bhd,bhkd->bhk", q[:, :, 0].float(), ks) * scale
@@ -946,37 +962,49 @@ def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
 
 
 def select_decode_blocks(
-    scores: torch.Tensor, config: SparseAttentionConfig
+    scores: torch.Tensor,
+    config: SparseAttentionConfig,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key blocks for one decode query per row from ``scores`` [B, G, nK] (every block is causal):
-    sink blocks and the last ``local_blocks`` blocks are forced, the budget rule (as in prefill, with
-    ``nK`` candidates) ranks the rest. Returns (kv_num_blocks [B, G], kv_indices [B, G, W]) int32, in
-    score order; W depends only on the config and ``nK``.
+    """Key blocks for one decode query per row from ``scores`` [B, G, nK]: sink blocks and the last
+    ``local_blocks`` blocks are forced, the budget rule (as in prefill, over the row's candidate
+    blocks) ranks the rest. ``bounds`` = (first, last) block of each row's valid keys [B] (device
+    tensors; a static or left-padded cache), None = all nK blocks. Returns (kv_num_blocks [B, G],
+    kv_indices [B, G, W]) int32, best first; W depends only on the config and ``nK``.
     """
     if scores.dim() != 3:
         raise ValueError(f"decode scores must be [B, G, nK], got {tuple(scores.shape)}")
     B, G, nk = scores.shape
-    kb = torch.arange(nk, device=scores.device)
-    forced = (kb < config.sink_blocks) | (kb >= nk - config.local_blocks)
-    n_forced = min(nk, config.sink_blocks + config.local_blocks)
-    s = scores.float()
-    prio = torch.where(forced, float("inf"), s)
+    dev = scores.device
+    kb = torch.arange(nk, device=dev)
+    if bounds is None:
+        first = torch.zeros(B, 1, 1, dtype=torch.long, device=dev)
+        last = torch.full((B, 1, 1), nk - 1, dtype=torch.long, device=dev)
+    else:
+        first, last = (t.to(dev).long().view(B, 1, 1) for t in bounds)
+    valid = (kb >= first) & (kb <= last)
+    forced = valid & ((kb < first + config.sink_blocks) | (kb > last - config.local_blocks))
+    n_valid = (last - first + 1)[..., 0]
+    n_forced = torch.clamp(n_valid, max=config.sink_blocks + config.local_blocks)
+    s = torch.where(valid, scores.float(), 0.0)
+    prio = torch.where(forced, float("inf"), torch.where(valid, s, float("-inf")))
     name, value = config.budget
     if name == "top_p":
         order = torch.sort(prio, dim=-1, descending=True, stable=True).indices
         mass = s.clamp(min=0)[:, :, None]
-        n_cand = torch.full((B, G, 1), nk, device=scores.device)
-        count = _top_p_count(mass, order[:, :, None], value, n_cand)
+        count = _top_p_count(mass, order[:, :, None], value, n_valid[..., None].expand(B, G, 1))
         if config.layer_top_p is not None:
-            count = torch.minimum(
-                count, _layer_top_p_count(mass, forced.expand(1, 1, 1, nk), config.layer_top_p)
-            )
-        count = torch.clamp(count, min=n_forced, max=nk)[..., 0]
+            count = torch.minimum(count, _layer_top_p_count(mass, forced[:, :, None], config.layer_top_p))
+        count = torch.minimum(torch.maximum(count[..., 0], n_forced), n_valid)
         return count.to(torch.int32), order.to(torch.int32).contiguous()
-    width = min(nk, max(n_forced, _budget_blocks(config, nk)))
-    chosen = torch.topk(prio, width, dim=-1, sorted=False).indices
-    count = torch.full((B, G), width, dtype=torch.int32, device=scores.device)
-    return count, chosen.to(torch.int32).contiguous()
+    width = min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk)))
+    chosen = torch.topk(prio, width, dim=-1, sorted=True).indices
+    if name == "top_k":
+        budget = torch.full_like(n_valid, value)
+    else:
+        budget = torch.ceil(n_valid.float() * value - 1e-6).long()
+    count = torch.minimum(torch.maximum(budget, n_forced).clamp(max=width), n_valid)
+    return count.expand(B, G).to(torch.int32).contiguous(), chosen.to(torch.int32).contiguous()
 
 
 def _layer_top_p_count(mass: torch.Tensor, forced: torch.Tensor, p: float) -> torch.Tensor:
@@ -1281,10 +1309,15 @@ row), keeps the budget's blocks plus sink and local blocks (``selection.select_d
 runs the split-KV decode kernel on them: per layer one projection, a few small scoring ops and two
 kernel launches, all sized from shapes, so nothing waits on the host.
 
-The K-cache follows the sequence by length: if its length is not the KV cache's minus one (a cache
-built by chunked prefill, a cache from another call, a changed batch), it is rebuilt from the keys
-the layer receives (correct, one projection of the whole cache) and that is logged once at debug
-level. Beam search reorders the KV cache behind the layer's back: keep ``sparse_decode`` off there.
+The K-cache follows the sequence by length: one entry appended per step while it is one shorter than
+the KV cache. A static cache hands every step the whole preallocated cache plus a key mask: the
+K-cache then spans the same slots and each step writes its new key at the row's last valid slot
+(device-side, so the step can be captured in a CUDA graph). The key mask (static caches, left-padded
+batches) also masks the scores and the kernel, and places the sink blocks at each row's first valid
+key and the local blocks before its last. Any other mismatch (a cache built by chunked prefill, a
+cache from another call, a changed batch, the first step over a static cache) rebuilds it from the
+keys the layer receives (correct, one projection of the whole cache), logged once at debug level.
+Beam search reorders the KV cache behind the layer's back: keep ``sparse_decode`` off there.
 """
 
 
@@ -1330,6 +1363,12 @@ class IndexerKCache:
             store[:, :, self.length : new] = p
         self.length = new
 
+    def write(self, slot: torch.Tensor, k_idx: torch.Tensor) -> None:
+        """Store one key per row, k_idx [B, G, 1, d], at cache slot ``slot`` [B] (a device tensor)."""
+        for store, p in zip(self._store, self._encode(k_idx), strict=True):
+            index = slot.view(-1, 1, 1, 1).expand(p.shape[0], p.shape[1], 1, p.shape[3])
+            store[:, :, : self.length].scatter_(2, index, p)
+
     def keys(self) -> torch.Tensor:
         """The cached indexer keys [B, G, L, d] in the indexer's dtype."""
         parts = [s[:, :, : self.length] for s in self._store]
@@ -1349,10 +1388,13 @@ def store_prefill_keys(indexer: torch.nn.Module, k_idx: torch.Tensor | None, key
     indexer.kcache = IndexerKCache(k_idx, indexer.config.indexer_cache_format)
 
 
-def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor) -> IndexerKCache:
+def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor, last: torch.Tensor | None) -> IndexerKCache:
     cache, L = indexer.kcache, key.shape[2]
-    if cache is not None and cache.length == L - 1 and cache.batch == key.shape[0]:
+    if cache is not None and cache.batch == key.shape[0] and cache.length == L - 1:
         cache.append(indexer.keys(key[:, :, L - 1 :]))
+    elif cache is not None and cache.batch == key.shape[0] and cache.length == L and last is not None:
+        index = last.view(-1, 1, 1, 1).expand(key.shape[0], key.shape[1], 1, key.shape[3])
+        cache.write(last, indexer.keys(key.gather(2, index)))
     else:
         debug_once("sparse_decode: indexer K-cache rebuilt from the KV cache (it did not follow this cache)")
         store_prefill_keys(indexer, None, key)
@@ -1360,12 +1402,19 @@ def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor) -> IndexerKCac
 
 
 def decode_block_scores(
-    q_idx: torch.Tensor, k_idx: torch.Tensor, block_size: int, scale: float
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    block_size: int,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indexer softmax mass of one query row pooled per key block: q_idx [B, G, 1, d], k_idx
-    [B, G, L, d] -> float32 [B, G, ceil(L / block_size)] (rows sum to 1)."""
+    [B, G, L, d] (keys outside ``key_valid`` [B, L] masked) -> float32 [B, G, ceil(L / block_size)]
+    (rows sum to 1)."""
     L = k_idx.shape[2]
     logits = torch.matmul(q_idx.float(), k_idx.float().transpose(-1, -2))[:, :, 0] * scale
+    if key_valid is not None:
+        logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     nk = -(-L // block_size)
     probs = torch.nn.functional.pad(probs, (0, nk * block_size - L))
@@ -1373,19 +1422,31 @@ def decode_block_scores(
 
 
 def sparse_decode_step(
-    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of a layer: query [B, Hq, 1, D] over the cache key/value [B, Hkv, L, D] ->
-    attention output [B, 1, Hq, D] (the layout attention functions return)."""
+    attention output [B, 1, Hq, D] (the layout attention functions return). ``key_valid`` [B, L]
+    bool: the keys each row may attend to (a static or left-padded cache's mask; None = all)."""
     indexer = module.indexer
     cfg = indexer.config
-    cache = _kcache_for_step(indexer, key)
+    bounds = lens = None
+    if key_valid is not None:
+        slots = torch.arange(key.shape[2], device=key.device)
+        last = torch.where(key_valid, slots, -1).amax(-1)
+        first = torch.where(key_valid, slots, key.shape[2]).amin(-1)
+        bounds, lens = (first // cfg.block_size, last // cfg.block_size), last + 1
+    cache = _kcache_for_step(indexer, key, None if key_valid is None else lens - 1)
     scores = decode_block_scores(
-        indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim)
+        indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim), key_valid
     )
-    num, idx = select_decode_blocks(scores, cfg)
+    num, idx = select_decode_blocks(scores, cfg, bounds)
     indexer.last_decode_selection = (num, idx)
-    out, _ = sparse_decode_attention(query, key, value, num, idx, cfg.block_size, scaling)
+    out, _ = sparse_decode_attention(query, key, value, num, idx, cfg.block_size, scaling, lens, key_valid)
     return out.transpose(1, 2).contiguous()
 
 # ---- hf_sparse_attn/attention.py ----
@@ -1397,12 +1458,13 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   layer that has an indexer: selector block scores -> ``select_blocks`` -> block-sparse kernel.
 - dense + observed: inside ``distill.distillation_forward`` (the indexer's ``observer`` records
   teacher / student terms from the layer's q/k; the output is the dense one).
-- sparse decode (``sparse_decode=True``): a one-token step over an unpadded dynamic cache of at
-  least ``min_sparse_len`` tokens: indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel
-  (see ``decode``). Prefills then also fill the layer's indexer K-cache.
-- dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or padded / static-cache /
-  short ones, or ones handed a materialized mask, which transformers 5.17 builds for decode steps
-  under ``torch.compile``), chunked prefill, static-cache prefill, prompts shorter
+- sparse decode (``sparse_decode=True``): a one-token step over a cache of at least
+  ``min_sparse_len`` keys (for a static cache: its capacity), with no mask or a one-row key mask
+  (static caches, left-padded batches, and the decode masks transformers 5.17 materializes under
+  ``torch.compile``): indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel (see
+  ``decode``). Prefills then also fill the layer's indexer K-cache.
+- dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or short ones, or with any
+  other mask), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
   non-causal modules (vision towers). Each such reason is logged once at debug level.
 
@@ -1535,12 +1597,13 @@ def sparse_prefill_attention(
     if indexer is None:
         reason = "dense layer"
     elif q_len == 1 and kv_len > 1 and sparse_decode:
-        if attention_mask is not None:
-            reason = "decode with a padding or static-cache mask"
+        key_valid = _decode_key_mask(attention_mask, query.shape[0], kv_len)
+        if attention_mask is not None and key_valid is None:
+            reason = "decode with a mask that is not one key row per sequence"
         elif kv_len < indexer.config.min_sparse_len:
             reason = "decode over a cache shorter than min_sparse_len"
         else:
-            return sparse_decode_step(module, query, key, value, _scaling(query, scaling)), None
+            return sparse_decode_step(module, query, key, value, _scaling(query, scaling), key_valid), None
     elif q_len != kv_len:
         reason = "decode or chunked prefill"
     elif q_len < indexer.config.min_sparse_len:
@@ -1567,6 +1630,18 @@ def sparse_prefill_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def _decode_key_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:
+    """The keys each row of a decode step may read, [B, L] bool, from the step's mask (a static
+    cache's or a padded batch's: [B, 1, 1, L] bool, or additive float with -inf / min at masked keys);
+    None when there is no mask or it is not of that form."""
+    if mask is None or mask.dim() != 4 or tuple(mask.shape[1:3]) != (1, 1) or mask.shape[-1] != kv_len:
+        return None
+    row = mask[:, 0, 0, :]
+    if mask.dtype != torch.bool:
+        row = row == 0
+    return row.expand(batch, kv_len)
 
 
 def _scaling(query: torch.Tensor, scaling: float | None) -> float:
@@ -1904,11 +1979,15 @@ def dequantize_kcache(codes, scales, fmt="int4", group=16, dtype=torch.float32):
     return fn(codes, scales, fmt, group, dtype)
 
 
-def sparse_decode_attention(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None):  # noqa: F811
+def sparse_decode_attention(  # noqa: F811
+    q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None, key_mask=None
+):
     kern = _hub_kernels(q)
     reference = _reference_sparse_decode_attention
     fn = getattr(kern, "sparse_decode_attention", reference) if kern is not None else reference
-    return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
+    if key_mask is None:
+        return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
+    return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask)
 
 
 class SparsePrefillMixin:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build, qwen3_config
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer
 from hf_sparse_attn.attention import register
@@ -53,3 +53,24 @@ def test_sparse_decode_step_compiles_without_graph_breaks(kernel_backend):
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(nxt, past_key_values=cache).logits, ref, rtol=1e-5, atol=1e-5)
     assert model.model.layers[0].self_attn.indexer.kcache.length == 101
+
+
+@torch.no_grad()
+def test_static_cache_sparse_decode_step_compiles_without_graph_breaks(kernel_backend):
+    """A static cache's decode step (key mask, K-cache written in place at a device-side slot) traces
+    into one graph: what CUDA graphs (``mode="reduce-overhead"``) need."""
+    model = _model(sparse_decode=True)
+    ids = torch.randint(0, 128, (1, 100), generator=torch.Generator().manual_seed(1))
+    steps = torch.tensor([[7], [9]])
+
+    def decode(forward):
+        cache = StaticCache(config=model.config, max_cache_len=128)
+        model(ids, past_key_values=cache)
+        model(steps[:1], past_key_values=cache)  # the first step builds the indexer K-cache
+        return forward(steps[1:], past_key_values=cache).logits
+
+    ref = decode(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(decode(compiled), ref, rtol=1e-5, atol=1e-5)
+    cache = model.model.layers[0].self_attn.indexer.kcache
+    assert cache.length == 128 and model.model.layers[0].self_attn.indexer.last_decode_selection is not None

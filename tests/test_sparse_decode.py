@@ -32,7 +32,7 @@ def _case(B, Hq, Hkv, L, D, bs, G, width, seed=0, dtype=torch.float32):
     return q, k, v, num.int(), idx.int()
 
 
-def _materialized(q, k, v, num, idx, bs, scale, lens):
+def _materialized(q, k, v, num, idx, bs, scale, lens, key_mask=None):
     """Softmax over a token mask built from the block list: the definition, S x L materialized."""
     B, Hq, _, D = q.shape
     Hkv, L, G = k.shape[1], k.shape[2], num.shape[1]
@@ -42,6 +42,8 @@ def _materialized(q, k, v, num, idx, bs, scale, lens):
             for kb in idx[b, g, : num[b, g]].tolist():
                 keep[b, g, kb * bs : (kb + 1) * bs] = True
     keep &= torch.arange(L)[None, None] < lens[:, None, None]
+    if key_mask is not None:
+        keep &= key_mask[:, None]
     keep = keep.repeat_interleave(Hq // G, 1)
     kk, vv = k.float().repeat_interleave(Hq // Hkv, 1), v.float().repeat_interleave(Hq // Hkv, 1)
     s = (q.float() @ kk.transpose(-1, -2))[:, :, 0] * scale
@@ -66,6 +68,25 @@ def test_reference_matches_materialized_softmax(B, Hq, Hkv, L, D, bs, G, W):
     assert rel_err(out, ref) < 1e-5
     finite = torch.isfinite(ref_lse)
     assert torch.allclose(lse[:, :, 0][finite], ref_lse[finite], atol=1e-5)
+
+
+def _holes(B, L, seed=1):
+    """A key mask with left padding and scattered holes (a static or padded cache's mask)."""
+    mask = torch.rand(B, L, generator=torch.Generator().manual_seed(seed)) > 0.3
+    mask[:, :5] = False
+    return mask
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,L,D,bs,G,W", CASES)
+def test_reference_key_mask_matches_materialized_softmax(B, Hq, Hkv, L, D, bs, G, W):
+    q, k, v, num, idx = _case(B, Hq, Hkv, L, D, bs, G, W)
+    lens = torch.tensor([L - 5 * b for b in range(B)])
+    mask = _holes(B, L)
+    out, _ = sparse_decode_attention(q, k, v, num, idx, bs, 0.3, lens, mask)
+    ref, _ = _materialized(q, k, v, num, idx, bs, 0.3, lens, mask)
+    assert rel_err(out, ref) < 1e-5
+    with pytest.raises(ValueError, match="key_mask must be bool"):
+        sparse_decode_attention(q, k, v, num, idx, bs, 0.3, lens, mask.float())
 
 
 def test_full_block_list_is_dense_attention():
@@ -95,6 +116,23 @@ def test_triton_decode_kernel(B, Hq, Hkv, L, D, bs, G, W, splits, dtype):
     finite = torch.isfinite(ref_lse)
     assert torch.allclose(lse[finite], ref_lse[finite], atol=1e-3)
     assert float(out[0, : Hq // G].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("B,Hq,Hkv,L,D,bs,G,W", CASES)
+def test_triton_decode_kernel_key_mask(B, Hq, Hkv, L, D, bs, G, W, dtype):
+    pytest.importorskip("triton")
+    from hf_sparse_attn.ops.sparse_decode.triton import sparse_decode_attention_triton
+
+    q, k, v, num, idx = _case(B, Hq, Hkv, L, D, bs, G, W, dtype=dtype)
+    lens = torch.tensor([L - 3 * b for b in range(B)])
+    mask = _holes(B, L, seed=B + L)
+    out, lse = sparse_decode_attention_triton(q, k, v, num, idx, bs, 0.25, lens, mask, splits=2)
+    ref, ref_lse = sparse_decode_attention(q, k, v, num, idx, bs, 0.25, lens, mask)
+    assert rel_err(out, ref) < TOL[dtype]
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse[finite], ref_lse[finite], atol=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -222,16 +260,53 @@ def test_indexer_kcache_matches_the_kv_cache_and_is_rebuilt_when_it_does_not():
     assert torch.allclose(first, again, atol=1e-6)
 
 
-def test_padded_or_short_decode_is_dense():
+def test_padded_batch_decodes_sparse_without_reading_the_padding():
+    """A left-padded batch hands each decode step a key mask: at density 1.0 the sparse steps equal
+    dense decoding (the padding is masked), and below it the padded row's blocks start at its first
+    valid block (its sink) and stay inside its valid keys."""
     ids = torch.randint(1, 128, (2, 100), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
-    mask[1, :10] = 0
+    mask[1, :40] = 0
     seq_d, logits_d = _generate(build(qwen3_config()), ids, attention_mask=mask)
-    seq_s, logits_s = _generate(_decode_model(0.2, min_len=101), ids, attention_mask=mask)
+    model = _decode_model(1.0, min_len=101)
+    seq_s, logits_s = _generate(model, ids, attention_mask=mask)
+    assert torch.equal(seq_s, seq_d)
     assert rel_err(logits_s, logits_d) < 1e-5
-    _, short_d = _generate(build(qwen3_config()), ids[:1, :40])
-    _, short_s = _generate(_decode_model(0.2), ids[:1, :40])
+    assert model.model.layers[0].self_attn.indexer.last_decode_selection is not None
+    model = _decode_model(0.2, min_len=101)
+    _generate(model, ids, attention_mask=mask)
+    num, idx = model.model.layers[0].self_attn.indexer.last_decode_selection
+    padded = idx[1, :, : int(num[1].min())]
+    assert int(padded.min()) == 40 // 16 and int(padded.max()) == (100 + 5 - 1) // 16
+    assert 0 in idx[0, 0, : int(num[0, 0])].tolist()
+
+
+def test_short_decode_is_dense():
+    ids = torch.randint(1, 128, (1, 40), generator=torch.Generator().manual_seed(3))
+    _, short_d = _generate(build(qwen3_config()), ids)
+    _, short_s = _generate(_decode_model(0.2), ids)
     assert rel_err(short_s, short_d) < 1e-5
+
+
+def test_static_cache_sparse_decode_matches_the_dynamic_cache():
+    """With cache_implementation="static" every step sees the whole preallocated cache and a key
+    mask; the indexer K-cache spans the same slots and is written in place, and the steps pick the
+    same blocks as over a growing dynamic cache. (A static-cache prefill runs dense, so the prompt
+    is kept below min_sparse_len for both.)"""
+    ids = torch.randint(0, 128, (1, 300), generator=torch.Generator().manual_seed(6))
+    dynamic = _decode_model(0.25, min_len=301)
+    _, logits_dynamic = _generate(dynamic, ids)
+    model = _decode_model(0.25, min_len=301)
+    _, logits_static = _generate(model, ids, cache_implementation="static")
+    assert rel_err(logits_static, logits_dynamic) < 1e-5
+    for layer, twin_layer in zip(model.model.layers, dynamic.model.layers, strict=True):
+        cache, grown = layer.self_attn.indexer.kcache, twin_layer.self_attn.indexer.kcache
+        assert cache.length == grown.length == 300 + 6 - 1  # the static cache's capacity
+        torch.testing.assert_close(cache.keys(), grown.keys(), rtol=1e-5, atol=1e-6)  # written in place
+    _, dense = _generate(build(qwen3_config()), ids, cache_implementation="static")
+    assert rel_err(logits_static[1:], dense[1:]) > 1e-3  # the decode steps did go sparse
+    _, full = _generate(_decode_model(1.0, min_len=301), ids, cache_implementation="static")
+    assert rel_err(full, dense) < 1e-5
 
 
 @pytest.mark.parametrize("fmt", ["int4", "fp4"])
@@ -256,3 +331,21 @@ def test_sparse_decode_config_errors_name_the_fix():
         SparseAttentionConfig(indexer_dim=48, indexer_cache_format="fp4")
     with pytest.raises(ValueError, match="indexer_cache_format"):
         SparseAttentionConfig(indexer_cache_format="fp8")
+
+
+def test_decode_selection_stays_inside_each_rows_valid_blocks():
+    """``bounds`` (first, last valid block per row): sink at the first, local blocks before the last,
+    nothing outside, the density counted over the row's own blocks."""
+    scores = torch.rand(2, 2, 20, generator=torch.Generator().manual_seed(0))
+    cfg = SparseAttentionConfig(block_size=16, density=0.25, sink_blocks=1, local_blocks=2)
+    first, last = torch.tensor([0, 5]), torch.tensor([19, 12])
+    num, idx = select_decode_blocks(scores, cfg, (first, last))
+    for b in range(2):
+        lo, hi = int(first[b]), int(last[b])
+        for g in range(2):
+            kept = idx[b, g, : int(num[b, g])].tolist()
+            assert len(set(kept)) == len(kept) == max(3, math.ceil((hi - lo + 1) * 0.25))
+            assert set(kept) <= set(range(lo, hi + 1)) and {lo, hi - 1, hi} <= set(kept)
+    whole = select_decode_blocks(scores, cfg, (torch.zeros(2, dtype=torch.long), torch.full((2,), 19)))
+    for a, b in zip(whole, select_decode_blocks(scores, cfg), strict=True):
+        assert torch.equal(a, b)

@@ -88,11 +88,15 @@ def dequantize_kcache(codes, scales, fmt="int4", group=16, dtype=torch.float32):
     return fn(codes, scales, fmt, group, dtype)
 
 
-def sparse_decode_attention(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None):  # noqa: F811
+def sparse_decode_attention(  # noqa: F811
+    q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None, key_mask=None
+):
     kern = _hub_kernels(q)
     reference = _reference_sparse_decode_attention
     fn = getattr(kern, "sparse_decode_attention", reference) if kern is not None else reference
-    return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
+    if key_mask is None:
+        return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
+    return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask)
 
 
 class SparsePrefillMixin:

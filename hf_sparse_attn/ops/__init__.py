@@ -113,11 +113,12 @@ def sparse_decode_attention(
     block_size: int,
     scale: float,
     seq_lens: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step over the selected cache blocks; contract in ``sparse_decode/naive.py``."""
     if backend_for(q) == "reference":
         return _decode_naive.sparse_decode_attention(
-            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
+            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask
         )
     from .sparse_decode.triton import sparse_decode_fwd
 
@@ -130,6 +131,7 @@ def sparse_decode_attention(
         sequence_lengths(seq_lens, q.shape[0], k.shape[2], q.device, torch.int32),
         block_size,
         scale,
+        key_mask,
     )
 
 

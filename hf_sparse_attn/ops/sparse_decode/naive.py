@@ -2,15 +2,16 @@
 
 One new query token per row attends to the key blocks listed for its selection group over the
 whole KV cache: no causal mask is needed (every cached key precedes the query), only the row's
-valid cache length ``seq_lens[b]`` masks the tail of a partial last block. Works on gathered keys,
-so memory is O(selected keys).
+valid cache length ``seq_lens[b]`` masks the tail of a partial last block, and an optional key mask
+(a left-padded or static cache) masks keys inside it. Works on gathered keys, so memory is
+O(selected keys).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..common import check_decode
+from ..common import check_decode, check_key_mask
 
 
 def sparse_decode_attention(
@@ -22,8 +23,11 @@ def sparse_decode_attention(
     block_size: int,
     scale: float,
     seq_lens: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q [B, Hq, 1, D] over the selected blocks of the cache k/v [B, Hkv, L, D].
+
+    ``key_mask`` [B, L] bool (None = all) marks the keys a row may attend to.
 
     ``kv_num_blocks`` [B, G] and ``kv_indices`` [B, G, W] list, per selection group, the key blocks
     to read (the first ``kv_num_blocks`` entries, any order, no repeats). Query head h uses group
@@ -44,6 +48,8 @@ def sparse_decode_attention(
     keep = slot_ok & (pos < lens[:, None, None])
     b_idx = torch.arange(B, device=dev)[:, None, None]
     pos_c = pos.clamp(max=L - 1)
+    if key_mask is not None:
+        keep &= check_key_mask(key_mask, B, L).to(dev)[b_idx, pos_c]
     ks = k.float()[b_idx, head_kv[None, :, None], pos_c]
     vs = v.float()[b_idx, head_kv[None, :, None], pos_c]
     scores = torch.einsum("bhd,bhkd->bhk", q[:, :, 0].float(), ks) * scale

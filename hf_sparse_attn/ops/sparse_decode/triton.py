@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..block_sparse_attn.triton import _row_max, _update
-from ..common import check_decode, check_scale, sequence_lengths
+from ..common import check_decode, check_key_mask, check_scale, sequence_lengths
 
 LOG2E = 1.4426950408889634
 
@@ -27,9 +27,9 @@ def _cache_tile(
     q,
     k_base,
     v_base,
+    km_base,
     kpos,
     offs_d,
-    last,
     m_i,
     l_i,
     acc,
@@ -37,14 +37,17 @@ def _cache_tile(
     stride_ks,
     stride_vs,
     L,
+    HAS_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """One online-softmax step over the cached keys at ``kpos`` (masked past ``last`` and ``L``)."""
-    in_seq = kpos < L
-    k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=in_seq[None, :], other=0.0)
-    s = tl.where(kpos[None, :] <= last[:, None], tl.dot(q, k, input_precision=PRECISION), float("-inf"))
+    """One online-softmax step over the cached keys at ``kpos`` (masked past ``L`` and by the key mask)."""
+    ok = kpos < L
+    if HAS_MASK:
+        ok = ok & (tl.load(km_base + kpos, mask=ok, other=0) != 0)
+    k = tl.load(k_base + kpos[None, :] * stride_ks + offs_d[:, None], mask=ok[None, :], other=0.0)
+    s = tl.where(ok[None, :], tl.dot(q, k, input_precision=PRECISION), float("-inf"))
     m_new = _row_max(s, m_i, qk_scale, True)
-    v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=in_seq[:, None], other=0.0)
+    v = tl.load(v_base + kpos[:, None] * stride_vs + offs_d[None, :], mask=ok[:, None], other=0.0)
     l_i, acc = _update(s, v, m_i, m_new, l_i, acc, qk_scale, PRECISION)
     return m_new, l_i, acc
 
@@ -57,6 +60,7 @@ def _decode_split_kernel(
     NUM,
     IDX,
     LENS,
+    KMASK,
     PO,
     PM,
     PL,
@@ -73,6 +77,7 @@ def _decode_split_kernel(
     stride_ng,
     stride_ib,
     stride_ig,
+    stride_mb,
     per_split,
     SPLITS,
     HQ: tl.constexpr,
@@ -83,6 +88,7 @@ def _decode_split_kernel(
     BLOCK: tl.constexpr,
     BLOCK_N: tl.constexpr,
     D: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -110,7 +116,6 @@ def _decode_split_kernel(
     acc = tl.zeros([ROWS, D], dtype=tl.float32)
     start = split * per_split
     end = tl.minimum(n, start + per_split)
-    last = tl.full([ROWS], L - 1, dtype=tl.int32)  # the query sits after every cached key
     for i in range(start, end):
         kb = tl.load(idx_base + i)
         for j in tl.static_range(BLOCK // BLOCK_N):
@@ -119,9 +124,9 @@ def _decode_split_kernel(
                 q,
                 k_base,
                 v_base,
+                KMASK + b * stride_mb,
                 kpos,
                 offs_d,
-                last,
                 m_i,
                 l_i,
                 acc,
@@ -129,6 +134,7 @@ def _decode_split_kernel(
                 stride_ks,
                 stride_vs,
                 L,
+                HAS_MASK,
                 PRECISION,
             )
     part = (b * HQ + heads) * SPLITS + split
@@ -189,6 +195,7 @@ def sparse_decode_attention_triton(
     block_size: int,
     scale: float,
     seq_lens: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
     splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``naive.sparse_decode_attention``; q/k/v must share a dtype."""
@@ -204,6 +211,7 @@ def sparse_decode_attention_triton(
         raise ValueError(f"{rep} query heads per kv head: the decode kernel stacks at most 64")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     lens = sequence_lengths(seq_lens, B, L, q.device, torch.int32)
+    kmask = lens if key_mask is None else check_key_mask(key_mask, B, L).to(torch.uint8)
     num = kv_num_blocks.to(torch.int32)
     idx = kv_indices.to(torch.int32)
     width = max(1, idx.shape[-1])
@@ -220,6 +228,7 @@ def sparse_decode_attention_triton(
         num,
         idx,
         lens,
+        kmask,
         part_o,
         part_m,
         part_l,
@@ -236,6 +245,7 @@ def sparse_decode_attention_triton(
         num.stride(1),
         idx.stride(0),
         idx.stride(1),
+        kmask.stride(0),
         per_split,
         splits,
         HQ=Hq,
@@ -246,6 +256,7 @@ def sparse_decode_attention_triton(
         BLOCK=block_size,
         BLOCK_N=min(block_size, 64),
         D=D,
+        HAS_MASK=key_mask is not None,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4,
         num_stages=2,
@@ -278,12 +289,15 @@ def sparse_decode_fwd(
     seq_lens: torch.Tensor,
     block_size: int,
     scale: float,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.library`` op around the decode kernels, so ``torch.compile`` traces through it."""
-    return sparse_decode_attention_triton(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
+    return sparse_decode_attention_triton(
+        q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask
+    )
 
 
 @sparse_decode_fwd.register_fake
-def _(q, k, v, kv_num_blocks, kv_indices, seq_lens, block_size, scale):
+def _(q, k, v, kv_num_blocks, kv_indices, seq_lens, block_size, scale, key_mask=None):
     B, Hq, _, D = q.shape
     return q.new_empty(B, Hq, 1, D), q.new_empty(B, Hq, 1, dtype=torch.float32)

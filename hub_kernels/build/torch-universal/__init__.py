@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 7657b9866211); do not edit.
+# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 77ccaa8bdc6a); do not edit.
 """Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
 
 Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with
@@ -114,11 +114,12 @@ def sparse_decode_attention(
     block_size: int,
     scale: float,
     seq_lens: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step over the selected cache blocks; contract in ``sparse_decode/naive.py``."""
     if backend_for(q) == "reference":
         return _decode_naive.sparse_decode_attention(
-            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
+            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask
         )
     from .sparse_decode.triton import sparse_decode_fwd
 
@@ -131,6 +132,7 @@ def sparse_decode_attention(
         sequence_lengths(seq_lens, q.shape[0], k.shape[2], q.device, torch.int32),
         block_size,
         scale,
+        key_mask,
     )
 
 
