@@ -131,6 +131,26 @@ def _bench(args: argparse.Namespace) -> int:
         paths = report.save(
             "decode_attention", args.out, rows, cols, "Decode attention, one Qwen3-8B layer, one step"
         )
+        static_cases = [c.split("x") for c in args.static_cases.split(",") if c]
+        if static_cases:
+            from .bench.decode import static_compiled_rows
+
+            static = static_compiled_rows(
+                [(int(b), _ints(s)[0]) for b, s in static_cases], densities[0], block=args.block_size
+            )
+            cols = ["batch", "seq_len", "density"]
+            for name in ("dense", "all_blocks", "sparse"):
+                cols += [f"{name}_eager_ms", f"{name}_compiled_ms", f"{name}_compiled_vs_eager_rel_err"]
+            cols += ["speedup_vs_dense_compiled", "speedup_vs_all_blocks_compiled"]
+            paths.update(
+                report.save(
+                    "decode_static_compiled",
+                    args.out,
+                    static,
+                    cols,
+                    "Decode per token, Qwen3-8B shape, StaticCache + torch.compile(mode='reduce-overhead')",
+                )
+            )
         cases = [c.split("x") for c in args.e2e_cases.split(",") if c]
         if cases:  # --e2e-cases '' times the attention only
             e2e = end_to_end_rows(
@@ -426,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", default="1,8", help="decode: batch sizes of the attention-only rows")
     bench.add_argument(
         "--e2e-cases", default="1x32k,1x128k,8x32k", help="decode: BATCHxLENGTH cases timed end to end"
+    )
+    bench.add_argument(
+        "--static-cases",
+        default="1x128k,8x32k",
+        help="decode: BATCHxLENGTH cases timed end to end over a StaticCache under torch.compile (CUDA graphs)",
     )
     bench.add_argument("--no-flex", action="store_true", help="skip FlexAttention baselines")
     bench.add_argument("--out", default="results", help="folder for JSON / markdown / PNG")

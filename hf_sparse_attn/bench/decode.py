@@ -1,16 +1,20 @@
 """`hf-sparse-attn bench decode`: per-token decode latency, dense vs sparse, full-size model.
 
-Two levels, both on random bf16 weights and a random KV cache of the stated length (speed does not
+Three levels, all on random bf16 weights and a random KV cache of the stated length (speed does not
 depend on the values; the indexers are untrained, so the kept blocks follow the budget rule):
 
 - attention only, one Qwen3-8B layer: SDPA (default backend, GQA) over the whole cache vs one
   ``sparse_decode_step`` (indexer projection, K-cache append, block scores, selection, split-KV
   kernel). Before timing, the decode kernel with every block listed must match SDPA.
-- end to end, the path ``generate`` takes: ``model(next_token, past_key_values=cache)`` with
-  transformers' default ``DynamicCache`` (its update concatenates the whole layer cache each step,
-  which is timed separately as ``cache_cat_ms``); the sparse model is the same model with
-  ``sparse_decode=True``. No ``torch.compile``: a static cache hands attention the padded cache and a
-  mask, which the sparse path decodes densely.
+- end to end with transformers' default ``DynamicCache``: ``model(next_token, past_key_values=cache)``,
+  eager (its update concatenates the whole layer cache each step, timed separately as
+  ``cache_cat_ms``); the sparse model is the same model with ``sparse_decode=True``.
+- end to end with a ``StaticCache`` under ``torch.compile(mode="reduce-overhead", fullgraph=True)``
+  (CUDA graphs), what ``generate(cache_implementation="static")`` compiles: dense ``sdpa`` vs
+  ``sparse_prefill`` at the density asked and at density 1.0 (the decode kernel reading every block:
+  a dense baseline without transformers' ``repeat_kv`` of a masked SDPA decode). Before timing, each
+  compiled step must match its eager step (both at the same cache position) within the dense
+  compiled-vs-eager difference of the same run (2x, at least 2e-2) for sdpa and the 1.0 density.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
 from ..config import SparseAttentionConfig
 from ..decode import IndexerKCache, sparse_decode_step
@@ -30,6 +34,7 @@ from ..ops import sparse_decode_attention
 from ..ops.kcache_quant.naive import bytes_per_vector
 from .kernels import LayerStub
 from .shapes import CONFIGS
+from .ttft import set_budget
 
 GATE_REL_ERR = 2e-2
 
@@ -127,15 +132,7 @@ def _random_cache(model, config, B: int, L: int) -> DynamicCache:
 
 def _per_token_ms(model, cache, B: int, steps: int) -> float:
     ids = torch.zeros(B, 1, dtype=torch.long, device="cuda")
-    with torch.no_grad():
-        for _ in range(3):
-            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps * 1e3
+    return _per_token(lambda: model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1), steps)
 
 
 def _cat_ms(keys: torch.Tensor) -> float:
@@ -187,3 +184,96 @@ def end_to_end_rows(
             ix.kcache = None
         torch.cuda.empty_cache()
     return rows
+
+
+def _static_cache(config, B: int, L: int, spare: int = 256) -> StaticCache:
+    """A static cache of capacity L + ``spare`` with random keys / values in its first L slots."""
+    cache = StaticCache(config=config, max_cache_len=L + spare)
+    hkv, d = config.num_key_value_heads, config.head_dim
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for i in range(config.num_hidden_layers):
+        k, v = (torch.randn(B, hkv, L, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+        cache.update(k, v, i)
+    return cache
+
+
+def _at_position(cache: StaticCache, L: int, step) -> torch.Tensor:
+    """Logits of ``step`` with the cache rewound to L filled slots (static layers count their length)."""
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(L)
+    with torch.no_grad():
+        return step().float()
+
+
+def static_compiled_rows(
+    cases: list[tuple[int, int]], density: float, block: int = 64, steps: int = 20
+) -> list[dict]:
+    """Qwen3-8B per-token decode over a random ``StaticCache``, eager and compiled with CUDA graphs."""
+    config = CONFIGS["qwen3-8b"]()
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        ).eval()
+    attach_indexer(
+        model,
+        SparseAttentionConfig(block_size=block, density=density, min_sparse_len=1024, sparse_decode=True),
+    )
+    rows = []
+    for B, L in cases:
+        rows.append(_static_case(model, config, B, L, density, steps))
+        print(rows[-1], flush=True)
+        for ix in indexers(model).values():
+            ix.kcache = None
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _static_case(model, config, B: int, L: int, density: float, steps: int) -> dict:
+    cache = _static_cache(config, B, L)
+    ids = torch.zeros(B, 1, dtype=torch.long, device="cuda")
+    row: dict = {"batch": B, "seq_len": L, "density": density}
+    variants = (
+        ("dense", "sdpa", density),
+        ("all_blocks", "sparse_prefill", 1.0),
+        ("sparse", "sparse_prefill", density),
+    )
+    for name, impl, dens in variants:
+        model.set_attn_implementation(impl)
+        set_budget(model, density=dens)
+        for ix in indexers(model).values():
+            ix.kcache = None
+
+        def eager():
+            return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+
+        ref = _at_position(cache, L, eager)
+        row[f"{name}_eager_ms"] = _per_token(eager, steps)
+        torch._dynamo.reset()
+        step = _compiled_step(model, ids, cache)
+        for _ in range(3):  # CUDA graph warm-up and capture
+            got = _at_position(cache, L, step)
+        row[f"{name}_compiled_vs_eager_rel_err"] = float((got - ref).norm() / ref.norm())
+        row[f"{name}_compiled_ms"] = _per_token(step, steps)
+    bound = max(2e-2, 2 * row["dense_compiled_vs_eager_rel_err"])
+    if row["all_blocks_compiled_vs_eager_rel_err"] >= bound:
+        raise RuntimeError(f"compiled sparse decode (all blocks) differs from eager: {row}")
+    row["speedup_vs_dense_compiled"] = row["dense_compiled_ms"] / row["sparse_compiled_ms"]
+    row["speedup_vs_all_blocks_compiled"] = row["all_blocks_compiled_ms"] / row["sparse_compiled_ms"]
+    return row
+
+
+def _compiled_step(model, ids: torch.Tensor, cache: StaticCache):
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    return lambda: compiled(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+
+
+def _per_token(step, steps: int) -> float:
+    with torch.no_grad():
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1e3
