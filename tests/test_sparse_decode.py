@@ -18,6 +18,13 @@ from hf_sparse_attn.selection import select_decode_blocks
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs interpreted on the CPU
+
+
+def _on_device(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(DEVICE) for t in tensors]
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-12))
 
@@ -109,6 +116,7 @@ def test_triton_decode_kernel(B, Hq, Hkv, L, D, bs, G, W, splits, dtype):
     q, k, v, num, idx = _case(B, Hq, Hkv, L, D, bs, G, W, dtype=dtype)
     lens = torch.tensor([L - 3 * b for b in range(B)])
     num[0, 0] = 0
+    q, k, v, num, idx, lens = _on_device(q, k, v, num, idx, lens)
     out, lse = sparse_decode_attention_triton(q, k, v, num, idx, bs, 0.25, lens, splits=splits)
     ref, ref_lse = sparse_decode_attention(q, k, v, num, idx, bs, 0.25, lens)
     assert rel_err(out, ref) < TOL[dtype]
@@ -127,6 +135,7 @@ def test_triton_decode_kernel_key_mask(B, Hq, Hkv, L, D, bs, G, W, dtype):
     q, k, v, num, idx = _case(B, Hq, Hkv, L, D, bs, G, W, dtype=dtype)
     lens = torch.tensor([L - 3 * b for b in range(B)])
     mask = _holes(B, L, seed=B + L)
+    q, k, v, num, idx, lens, mask = _on_device(q, k, v, num, idx, lens, mask)
     out, lse = sparse_decode_attention_triton(q, k, v, num, idx, bs, 0.25, lens, mask, splits=2)
     ref, ref_lse = sparse_decode_attention(q, k, v, num, idx, bs, 0.25, lens, mask)
     assert rel_err(out, ref) < TOL[dtype]
