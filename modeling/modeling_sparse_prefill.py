@@ -1356,6 +1356,9 @@ class IndexerKCache:
         if not self._store or new > self._store[0].shape[2]:
             capacity = max(new, 2 * self.length, 256)
             grown = [p.new_empty(*p.shape[:2], capacity, p.shape[3]) for p in parts]
+            if not torch.compiler.is_compiling():  # a fixed address: CUDA graphs replay writes into it
+                for g in grown:
+                    torch._dynamo.mark_static_address(g)
             for old, g in zip(self._store, grown, strict=False):  # no old store on the first append
                 g[:, :, : self.length] = old[:, :, : self.length]
             self._store = grown
