@@ -47,6 +47,11 @@ def _ints(text: str) -> list[int]:
     return [int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x) for x in text.split(",")]
 
 
+def _batch_lengths(text: str) -> list[tuple[int, int]]:
+    """ "1x128k,8x32k" -> [(1, 131072), (8, 32768)]; "" -> []."""
+    return [(int(b), _ints(n)[0]) for b, n in (c.split("x") for c in text.split(",") if c)]
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
@@ -131,13 +136,11 @@ def _bench(args: argparse.Namespace) -> int:
         paths = report.save(
             "decode_attention", args.out, rows, cols, "Decode attention, one Qwen3-8B layer, one step"
         )
-        static_cases = [c.split("x") for c in args.static_cases.split(",") if c]
+        static_cases = _batch_lengths(args.static_cases)
         if static_cases:
             from .bench.decode import static_compiled_rows
 
-            static = static_compiled_rows(
-                [(int(b), _ints(s)[0]) for b, s in static_cases], densities[0], block=args.block_size
-            )
+            static = static_compiled_rows(static_cases, densities[0], block=args.block_size)
             cols = ["batch", "seq_len", "density"]
             for name in ("dense", "all_blocks", "sparse"):
                 cols += [f"{name}_eager_ms", f"{name}_compiled_ms", f"{name}_compiled_vs_eager_rel_err"]
@@ -151,11 +154,9 @@ def _bench(args: argparse.Namespace) -> int:
                     "Decode per token, Qwen3-8B shape, StaticCache + torch.compile(mode='reduce-overhead')",
                 )
             )
-        cases = [c.split("x") for c in args.e2e_cases.split(",") if c]
+        cases = _batch_lengths(args.e2e_cases)
         if cases:  # --e2e-cases '' times the attention only
-            e2e = end_to_end_rows(
-                [(int(b), _ints(s)[0]) for b, s in cases], densities[0], block=args.block_size
-            )
+            e2e = end_to_end_rows(cases, densities[0], block=args.block_size)
             cols = [
                 "batch",
                 "seq_len",

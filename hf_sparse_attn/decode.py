@@ -71,8 +71,7 @@ class IndexerKCache:
     def write(self, slot: torch.Tensor, k_idx: torch.Tensor) -> None:
         """Store one key per row, k_idx [B, G, 1, d], at cache slot ``slot`` [B] (a device tensor)."""
         for store, p in zip(self._store, self._encode(k_idx), strict=True):
-            index = slot.view(-1, 1, 1, 1).expand(p.shape[0], p.shape[1], 1, p.shape[3])
-            store[:, :, : self.length].scatter_(2, index, p)
+            store[:, :, : self.length].scatter_(2, _slot_index(slot, p), p)
 
     def keys(self) -> torch.Tensor:
         """The cached indexer keys [B, G, L, d] in the indexer's dtype."""
@@ -93,13 +92,18 @@ def store_prefill_keys(indexer: torch.nn.Module, k_idx: torch.Tensor | None, key
     indexer.kcache = IndexerKCache(k_idx, indexer.config.indexer_cache_format)
 
 
+def _slot_index(slot: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``slot`` [B] as a gather / scatter index along dim 2 of ``like`` [B, H, *, d]: [B, H, 1, d]."""
+    return slot.view(-1, 1, 1, 1).expand(like.shape[0], like.shape[1], 1, like.shape[3])
+
+
 def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor, last: torch.Tensor | None) -> IndexerKCache:
     cache, L = indexer.kcache, key.shape[2]
-    if cache is not None and cache.batch == key.shape[0] and cache.length == L - 1:
+    same_batch = cache is not None and cache.batch == key.shape[0]
+    if same_batch and cache.length == L - 1:
         cache.append(indexer.keys(key[:, :, L - 1 :]))
-    elif cache is not None and cache.batch == key.shape[0] and cache.length == L and last is not None:
-        index = last.view(-1, 1, 1, 1).expand(key.shape[0], key.shape[1], 1, key.shape[3])
-        cache.write(last, indexer.keys(key.gather(2, index)))
+    elif same_batch and cache.length == L and last is not None:
+        cache.write(last, indexer.keys(key.gather(2, _slot_index(last, key))))
     else:
         debug_once("sparse_decode: indexer K-cache rebuilt from the KV cache (it did not follow this cache)")
         store_prefill_keys(indexer, None, key)
@@ -139,13 +143,13 @@ def sparse_decode_step(
     bool: the keys each row may attend to (a static or left-padded cache's mask; None = all)."""
     indexer = module.indexer
     cfg = indexer.config
-    bounds = lens = None
+    bounds = last = lens = None
     if key_valid is not None:
         slots = torch.arange(key.shape[2], device=key.device)
         last = torch.where(key_valid, slots, -1).amax(-1)
         first = torch.where(key_valid, slots, key.shape[2]).amin(-1)
         bounds, lens = (first // cfg.block_size, last // cfg.block_size), last + 1
-    cache = _kcache_for_step(indexer, key, None if key_valid is None else lens - 1)
+    cache = _kcache_for_step(indexer, key, last)
     scores = decode_block_scores(
         indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim), key_valid
     )

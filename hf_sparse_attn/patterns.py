@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from .ops.common import check_qk, num_blocks, sequence_lengths
-from .ops.probe_mass.naive import check_groups, probe_probs
+from .ops.common import check_groups, check_qk, num_blocks, sequence_lengths
+from .ops.probe_mass.naive import probe_probs
 
 
 def _empty_scores(

@@ -120,8 +120,8 @@ def _attention_case(B: int, L: int, densities: list[float], block: int) -> list[
     return rows
 
 
-def _random_cache(model, config, B: int, L: int) -> DynamicCache:
-    cache = DynamicCache(config=config)
+def _random_cache(cache: DynamicCache | StaticCache, config, B: int, L: int) -> DynamicCache | StaticCache:
+    """``cache`` with random keys / values for L tokens in every layer (its first L slots)."""
     hkv, d = config.num_key_value_heads, config.head_dim
     g = torch.Generator(device="cuda").manual_seed(1)
     for i in range(config.num_hidden_layers):
@@ -155,7 +155,7 @@ def end_to_end_rows(
     attach_indexer(model, sparse_cfg)
     rows = []
     for B, L in cases:
-        cache = _random_cache(model, config, B, L)
+        cache = _random_cache(DynamicCache(config=config), config, B, L)
         cat_ms = _cat_ms(cache.layers[0].keys) * 2 * config.num_hidden_layers
         model.set_attn_implementation("sdpa")
         dense_ms = _per_token_ms(model, cache, B, steps)
@@ -184,17 +184,6 @@ def end_to_end_rows(
             ix.kcache = None
         torch.cuda.empty_cache()
     return rows
-
-
-def _static_cache(config, B: int, L: int, spare: int = 256) -> StaticCache:
-    """A static cache of capacity L + ``spare`` with random keys / values in its first L slots."""
-    cache = StaticCache(config=config, max_cache_len=L + spare)
-    hkv, d = config.num_key_value_heads, config.head_dim
-    g = torch.Generator(device="cuda").manual_seed(1)
-    for i in range(config.num_hidden_layers):
-        k, v = (torch.randn(B, hkv, L, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
-        cache.update(k, v, i)
-    return cache
 
 
 def _at_position(cache: StaticCache, L: int, step) -> torch.Tensor:
@@ -229,7 +218,8 @@ def static_compiled_rows(
 
 
 def _static_case(model, config, B: int, L: int, density: float, steps: int) -> dict:
-    cache = _static_cache(config, B, L)
+    # 256 free slots: every timed step writes the next one
+    cache = _random_cache(StaticCache(config=config, max_cache_len=L + 256), config, B, L)
     ids = torch.zeros(B, 1, dtype=torch.long, device="cuda")
     row: dict = {"batch": B, "seq_len": L, "density": density}
     variants = (

@@ -69,31 +69,31 @@ def pooled_attention_mass(q, k, block_size, scale, groups, seq_lens=None):  # no
     return fn(q, k, block_size, scale, groups, seq_lens)
 
 
+def _newer_op(t: torch.Tensor, name: str, reference):
+    """An op added to the kernel repo after its first version: the pinned repo's if it has it, else
+    the reference (an older pin keeps working)."""
+    kern = _hub_kernels(t)
+    return getattr(kern, name, reference) if kern is not None else reference
+
+
 def row_probe_mass(q, k, block_size, scale, groups, seq_lens=None):  # noqa: F811
-    kern = _hub_kernels(q)
-    reference = _reference_row_probe_mass
-    fn = getattr(kern, "row_probe_mass", reference) if kern is not None else reference
-    return fn(q, k, block_size, scale, groups, seq_lens)
+    return _newer_op(q, "row_probe_mass", _reference_row_probe_mass)(
+        q, k, block_size, scale, groups, seq_lens
+    )
 
 
 def quantize_kcache(x, fmt="int4", group=16):
-    kern = _hub_kernels(x)
-    fn = getattr(kern, "quantize_kcache", quantize) if kern is not None else quantize
-    return fn(x, fmt, group)
+    return _newer_op(x, "quantize_kcache", quantize)(x, fmt, group)
 
 
 def dequantize_kcache(codes, scales, fmt="int4", group=16, dtype=torch.float32):
-    kern = _hub_kernels(codes)
-    fn = getattr(kern, "dequantize_kcache", dequantize) if kern is not None else dequantize
-    return fn(codes, scales, fmt, group, dtype)
+    return _newer_op(codes, "dequantize_kcache", dequantize)(codes, scales, fmt, group, dtype)
 
 
 def sparse_decode_attention(  # noqa: F811
     q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None, key_mask=None
 ):
-    kern = _hub_kernels(q)
-    reference = _reference_sparse_decode_attention
-    fn = getattr(kern, "sparse_decode_attention", reference) if kern is not None else reference
+    fn = _newer_op(q, "sparse_decode_attention", _reference_sparse_decode_attention)
     if key_mask is None:
         return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
     return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask)

@@ -39,6 +39,21 @@ def check_scale(scale: float) -> None:
         raise ValueError(f"the softmax scale must be positive for the Triton kernels, got {scale}")
 
 
+def check_groups(heads: int, groups: int) -> None:
+    if heads % groups:
+        raise ValueError(f"query heads ({heads}) must be a multiple of the selection groups ({groups})")
+
+
+def check_mass_kernel_inputs(q: torch.Tensor, k: torch.Tensor, head_dim: int) -> None:
+    """The pooled-mass and row-probe kernels take q / k of one dtype and a power-of-two head dim in [16, 256]."""
+    if k.dtype != q.dtype:
+        raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
+    if head_dim < 16 or head_dim & (head_dim - 1) or head_dim > 256:
+        raise ValueError(
+            f"head dim {head_dim} is not supported by the Triton kernel (a power of two in [16, 256])"
+        )
+
+
 def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
     """Validate q [B, H, S, d] / k [B, Hk, S, d] and return (B, H, S, d)."""
     if q.dim() != 4 or k.dim() != 4:

@@ -44,6 +44,21 @@ def check_scale(scale: float) -> None:
         raise ValueError(f"the softmax scale must be positive for the Triton kernels, got {scale}")
 
 
+def check_groups(heads: int, groups: int) -> None:
+    if heads % groups:
+        raise ValueError(f"query heads ({heads}) must be a multiple of the selection groups ({groups})")
+
+
+def check_mass_kernel_inputs(q: torch.Tensor, k: torch.Tensor, head_dim: int) -> None:
+    """The pooled-mass and row-probe kernels take q / k of one dtype and a power-of-two head dim in [16, 256]."""
+    if k.dtype != q.dtype:
+        raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
+    if head_dim < 16 or head_dim & (head_dim - 1) or head_dim > 256:
+        raise ValueError(
+            f"head dim {head_dim} is not supported by the Triton kernel (a power of two in [16, 256])"
+        )
+
+
 def check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
     """Validate q [B, H, S, d] / k [B, Hk, S, d] and return (B, H, S, d)."""
     if q.dim() != 4 or k.dim() != 4:
@@ -143,8 +158,7 @@ def pooled_attention_mass(
     heads of the group and over the valid queries of the block (rows of empty blocks are 0).
     """
     B, H, S, d = check_qk(q, k)
-    if H % groups:
-        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    check_groups(H, groups)
     nb = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, B * H * block_size * S))
@@ -206,11 +220,6 @@ def probe_probs(
     logits = torch.einsum("grpd,gkd->grpk", probe, k.float()) * scale
     logits = logits.masked_fill(torch.arange(L, device=q.device)[None, :] > qpos[:, None], float("-inf"))
     return torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(qpos), L).mean(1)
-
-
-def check_groups(heads: int, groups: int) -> None:
-    if heads % groups:
-        raise ValueError(f"query heads ({heads}) must be a multiple of the selection groups ({groups})")
 
 
 def row_probe_mass(
@@ -1369,8 +1378,7 @@ class IndexerKCache:
     def write(self, slot: torch.Tensor, k_idx: torch.Tensor) -> None:
         """Store one key per row, k_idx [B, G, 1, d], at cache slot ``slot`` [B] (a device tensor)."""
         for store, p in zip(self._store, self._encode(k_idx), strict=True):
-            index = slot.view(-1, 1, 1, 1).expand(p.shape[0], p.shape[1], 1, p.shape[3])
-            store[:, :, : self.length].scatter_(2, index, p)
+            store[:, :, : self.length].scatter_(2, _slot_index(slot, p), p)
 
     def keys(self) -> torch.Tensor:
         """The cached indexer keys [B, G, L, d] in the indexer's dtype."""
@@ -1391,13 +1399,18 @@ def store_prefill_keys(indexer: torch.nn.Module, k_idx: torch.Tensor | None, key
     indexer.kcache = IndexerKCache(k_idx, indexer.config.indexer_cache_format)
 
 
+def _slot_index(slot: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``slot`` [B] as a gather / scatter index along dim 2 of ``like`` [B, H, *, d]: [B, H, 1, d]."""
+    return slot.view(-1, 1, 1, 1).expand(like.shape[0], like.shape[1], 1, like.shape[3])
+
+
 def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor, last: torch.Tensor | None) -> IndexerKCache:
     cache, L = indexer.kcache, key.shape[2]
-    if cache is not None and cache.batch == key.shape[0] and cache.length == L - 1:
+    same_batch = cache is not None and cache.batch == key.shape[0]
+    if same_batch and cache.length == L - 1:
         cache.append(indexer.keys(key[:, :, L - 1 :]))
-    elif cache is not None and cache.batch == key.shape[0] and cache.length == L and last is not None:
-        index = last.view(-1, 1, 1, 1).expand(key.shape[0], key.shape[1], 1, key.shape[3])
-        cache.write(last, indexer.keys(key.gather(2, index)))
+    elif same_batch and cache.length == L and last is not None:
+        cache.write(last, indexer.keys(key.gather(2, _slot_index(last, key))))
     else:
         debug_once("sparse_decode: indexer K-cache rebuilt from the KV cache (it did not follow this cache)")
         store_prefill_keys(indexer, None, key)
@@ -1437,13 +1450,13 @@ def sparse_decode_step(
     bool: the keys each row may attend to (a static or left-padded cache's mask; None = all)."""
     indexer = module.indexer
     cfg = indexer.config
-    bounds = lens = None
+    bounds = last = lens = None
     if key_valid is not None:
         slots = torch.arange(key.shape[2], device=key.device)
         last = torch.where(key_valid, slots, -1).amax(-1)
         first = torch.where(key_valid, slots, key.shape[2]).amin(-1)
         bounds, lens = (first // cfg.block_size, last // cfg.block_size), last + 1
-    cache = _kcache_for_step(indexer, key, None if key_valid is None else lens - 1)
+    cache = _kcache_for_step(indexer, key, last)
     scores = decode_block_scores(
         indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim), key_valid
     )
@@ -1963,31 +1976,31 @@ def pooled_attention_mass(q, k, block_size, scale, groups, seq_lens=None):  # no
     return fn(q, k, block_size, scale, groups, seq_lens)
 
 
+def _newer_op(t: torch.Tensor, name: str, reference):
+    """An op added to the kernel repo after its first version: the pinned repo's if it has it, else
+    the reference (an older pin keeps working)."""
+    kern = _hub_kernels(t)
+    return getattr(kern, name, reference) if kern is not None else reference
+
+
 def row_probe_mass(q, k, block_size, scale, groups, seq_lens=None):  # noqa: F811
-    kern = _hub_kernels(q)
-    reference = _reference_row_probe_mass
-    fn = getattr(kern, "row_probe_mass", reference) if kern is not None else reference
-    return fn(q, k, block_size, scale, groups, seq_lens)
+    return _newer_op(q, "row_probe_mass", _reference_row_probe_mass)(
+        q, k, block_size, scale, groups, seq_lens
+    )
 
 
 def quantize_kcache(x, fmt="int4", group=16):
-    kern = _hub_kernels(x)
-    fn = getattr(kern, "quantize_kcache", quantize) if kern is not None else quantize
-    return fn(x, fmt, group)
+    return _newer_op(x, "quantize_kcache", quantize)(x, fmt, group)
 
 
 def dequantize_kcache(codes, scales, fmt="int4", group=16, dtype=torch.float32):
-    kern = _hub_kernels(codes)
-    fn = getattr(kern, "dequantize_kcache", dequantize) if kern is not None else dequantize
-    return fn(codes, scales, fmt, group, dtype)
+    return _newer_op(codes, "dequantize_kcache", dequantize)(codes, scales, fmt, group, dtype)
 
 
 def sparse_decode_attention(  # noqa: F811
     q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None, key_mask=None
 ):
-    kern = _hub_kernels(q)
-    reference = _reference_sparse_decode_attention
-    fn = getattr(kern, "sparse_decode_attention", reference) if kern is not None else reference
+    fn = _newer_op(q, "sparse_decode_attention", _reference_sparse_decode_attention)
     if key_mask is None:
         return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
     return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask)

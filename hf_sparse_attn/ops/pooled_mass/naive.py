@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..common import check_qk, num_blocks, sequence_lengths
+from ..common import check_groups, check_qk, num_blocks, sequence_lengths
 
 CHUNK_ELEMENTS = 1 << 25
 MASKED = -1e30
@@ -33,8 +33,7 @@ def pooled_attention_mass(
     heads of the group and over the valid queries of the block (rows of empty blocks are 0).
     """
     B, H, S, d = check_qk(q, k)
-    if H % groups:
-        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    check_groups(H, groups)
     nb = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, B * H * block_size * S))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_qk, num_blocks, sequence_lengths
+from ..common import check_groups, check_qk, num_blocks, sequence_lengths
 
 
 def probe_probs(
@@ -23,11 +23,6 @@ def probe_probs(
     logits = torch.einsum("grpd,gkd->grpk", probe, k.float()) * scale
     logits = logits.masked_fill(torch.arange(L, device=q.device)[None, :] > qpos[:, None], float("-inf"))
     return torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(qpos), L).mean(1)
-
-
-def check_groups(heads: int, groups: int) -> None:
-    if heads % groups:
-        raise ValueError(f"query heads ({heads}) must be a multiple of the selection groups ({groups})")
 
 
 def row_probe_mass(

@@ -14,8 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, check_scale, num_blocks, sequence_lengths
-from .naive import check_groups
+from ..common import (
+    check_groups,
+    check_mass_kernel_inputs,
+    check_qk,
+    check_scale,
+    num_blocks,
+    sequence_lengths,
+)
 
 LOG2E = 1.4426950408889634
 ROWS = 64
@@ -106,10 +112,7 @@ def row_probe_mass_triton(
     B, H, S, d = check_qk(q, k)
     check_groups(H, groups)
     check_scale(scale)
-    if k.dtype != q.dtype:
-        raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
-    if d < 16 or d & (d - 1) or d > 256:
-        raise ValueError(f"head dim {d} is not supported by the Triton kernel (a power of two in [16, 256])")
+    check_mass_kernel_inputs(q, k, d)
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(
             f"block size {block_size} is not supported by the Triton kernel (a power of two >= 16)"

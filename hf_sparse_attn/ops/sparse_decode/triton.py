@@ -5,8 +5,8 @@ program per head, so program (row x kv head, split) walks its share of the block
 query heads of that kv head stacked (padded to 16 rows for ``tl.dot``) and writes a partial
 (max, sum, accumulator); a second kernel merges the splits. Two launches per layer, a grid fixed by
 shapes (no host sync on the selection sizes). The online-softmax step is the prefill kernel's
-(``_row_max`` / ``_update``) with the query placed after every cached key, so its causal mask is the
-cache-length mask. K / V come through pointer loads, not the prefill's TMA descriptors: building two
+(``_row_max`` / ``_update``); every cached key precedes the query, so the only masks are the row's
+cache length and, for static or left-padded caches, its key mask. K / V come through pointer loads, not the prefill's TMA descriptors: building two
 descriptors on the host costs ~0.1 ms per call, as much as the whole decode kernel.
 """
 

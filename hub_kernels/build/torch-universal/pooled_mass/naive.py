@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops 77ccaa8bdc6a); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops 999ecc55a00b); do not edit.
 """Reference: block-pooled causal attention mass (the spec for the fused Triton kernel).
 
 One routine serves three callers: the distillation teacher and the block oracle (the layer's own
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..common import check_qk, num_blocks, sequence_lengths
+from ..common import check_groups, check_qk, num_blocks, sequence_lengths
 
 CHUNK_ELEMENTS = 1 << 25
 MASKED = -1e30
@@ -34,8 +34,7 @@ def pooled_attention_mass(
     heads of the group and over the valid queries of the block (rows of empty blocks are 0).
     """
     B, H, S, d = check_qk(q, k)
-    if H % groups:
-        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
+    check_groups(H, groups)
     nb = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, B * H * block_size * S))

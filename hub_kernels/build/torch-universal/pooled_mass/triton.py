@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 77ccaa8bdc6a); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 999ecc55a00b); do not edit.
 """Triton block-pooled causal attention mass (spec: ``naive.py`` beside this file).
 
 Two kernels over work units of one query block x ``HEADS`` query heads of one kv head x one chunk of
@@ -24,7 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, check_scale, num_blocks, sequence_lengths, stacked_heads
+from ..common import (
+    check_groups,
+    check_mass_kernel_inputs,
+    check_qk,
+    check_scale,
+    num_blocks,
+    sequence_lengths,
+    stacked_heads,
+)
 
 LOG2E = 1.4426950408889634
 SCRATCH_ELEMENTS = 1 << 26
@@ -212,12 +220,8 @@ def pooled_attention_mass_triton(
 ) -> torch.Tensor:
     """Same contract as ``naive.pooled_attention_mass``."""
     B, H, S, d = check_qk(q, k)
-    if H % groups:
-        raise ValueError(f"query heads ({H}) must be a multiple of the selection groups ({groups})")
-    if k.dtype != q.dtype:
-        raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
-    if d < 16 or d & (d - 1) or d > 256:
-        raise ValueError(f"head dim {d} is not supported by the Triton kernel (a power of two in [16, 256])")
+    check_groups(H, groups)
+    check_mass_kernel_inputs(q, k, d)
     check_scale(scale)
     Hk = k.shape[1]
     rep, group_heads = H // Hk, H // groups

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/probe_mass/naive.py (hf-sparse-attn 0.1.0, ops 77ccaa8bdc6a); do not edit.
+# Generated from hf_sparse_attn/ops/probe_mass/naive.py (hf-sparse-attn 0.1.0, ops 999ecc55a00b); do not edit.
 """Reference: dense attention of a few probe queries, the spec for the Triton row-probe kernel.
 
 ``probe_probs`` is the shared building block (training-free patterns, retrieval-head scoring);
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_qk, num_blocks, sequence_lengths
+from ..common import check_groups, check_qk, num_blocks, sequence_lengths
 
 
 def probe_probs(
@@ -24,11 +24,6 @@ def probe_probs(
     logits = torch.einsum("grpd,gkd->grpk", probe, k.float()) * scale
     logits = logits.masked_fill(torch.arange(L, device=q.device)[None, :] > qpos[:, None], float("-inf"))
     return torch.softmax(logits, dim=-1).reshape(groups, H // groups, len(qpos), L).mean(1)
-
-
-def check_groups(heads: int, groups: int) -> None:
-    if heads % groups:
-        raise ValueError(f"query heads ({heads}) must be a multiple of the selection groups ({groups})")
 
 
 def row_probe_mass(

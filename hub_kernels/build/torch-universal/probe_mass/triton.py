@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/probe_mass/triton.py (hf-sparse-attn 0.1.0, ops 77ccaa8bdc6a); do not edit.
+# Generated from hf_sparse_attn/ops/probe_mass/triton.py (hf-sparse-attn 0.1.0, ops 999ecc55a00b); do not edit.
 """Triton row probe: dense attention mass of each query block's last valid query (spec: ``naive.py``).
 
 One program = one query head x a tile of ``BR`` query blocks' probe rows (rows of different query
@@ -15,8 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_qk, check_scale, num_blocks, sequence_lengths
-from .naive import check_groups
+from ..common import (
+    check_groups,
+    check_mass_kernel_inputs,
+    check_qk,
+    check_scale,
+    num_blocks,
+    sequence_lengths,
+)
 
 LOG2E = 1.4426950408889634
 ROWS = 64
@@ -107,10 +113,7 @@ def row_probe_mass_triton(
     B, H, S, d = check_qk(q, k)
     check_groups(H, groups)
     check_scale(scale)
-    if k.dtype != q.dtype:
-        raise ValueError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
-    if d < 16 or d & (d - 1) or d > 256:
-        raise ValueError(f"head dim {d} is not supported by the Triton kernel (a power of two in [16, 256])")
+    check_mass_kernel_inputs(q, k, d)
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(
             f"block size {block_size} is not supported by the Triton kernel (a power of two >= 16)"

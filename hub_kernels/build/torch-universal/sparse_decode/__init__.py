@@ -1,1 +1,1 @@
-# Generated from hf_sparse_attn/ops/sparse_decode/__init__.py (hf-sparse-attn 0.1.0, ops 77ccaa8bdc6a); do not edit.
+# Generated from hf_sparse_attn/ops/sparse_decode/__init__.py (hf-sparse-attn 0.1.0, ops 999ecc55a00b); do not edit.
