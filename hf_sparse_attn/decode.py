@@ -3,9 +3,10 @@
 The indexer keys of every cached token live in an ``IndexerKCache`` on the layer's indexer (filled
 at prefill, one entry appended per decode step, in the model dtype or 4 bits). A decode step scores
 the key blocks with the indexer's softmax mass pooled per block (the prefill score, for one query
-row), keeps the budget's blocks plus sink and local blocks (``selection.select_decode_blocks``) and
-runs the split-KV decode kernel on them: per layer one projection, a few small scoring ops and two
-kernel launches, all sized from shapes, so nothing waits on the host.
+row; ``ops.decode_block_mass``), keeps the budget's blocks plus sink and local blocks
+(``selection.select_decode_blocks``) and runs the split-KV decode kernel on them: per layer one
+projection, two scoring launches, a few small selection ops and two attention launches, all sized
+from shapes, so nothing waits on the host.
 
 The K-cache follows the sequence by length: one entry appended per step while it is one shorter than
 the KV cache. A static cache hands every step the whole preallocated cache plus a key mask: the
@@ -25,7 +26,7 @@ import math
 import torch
 
 from .log import debug_once
-from .ops import dequantize_kcache, quantize_kcache, sparse_decode_attention
+from .ops import decode_block_mass, dequantize_kcache, quantize_kcache, sparse_decode_attention
 from .selection import select_decode_blocks
 
 
@@ -110,26 +111,6 @@ def _kcache_for_step(indexer: torch.nn.Module, key: torch.Tensor, last: torch.Te
     return indexer.kcache
 
 
-def decode_block_scores(
-    q_idx: torch.Tensor,
-    k_idx: torch.Tensor,
-    block_size: int,
-    scale: float,
-    key_valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Indexer softmax mass of one query row pooled per key block: q_idx [B, G, 1, d], k_idx
-    [B, G, L, d] (keys outside ``key_valid`` [B, L] masked) -> float32 [B, G, ceil(L / block_size)]
-    (rows sum to 1)."""
-    L = k_idx.shape[2]
-    logits = torch.matmul(q_idx.float(), k_idx.float().transpose(-1, -2))[:, :, 0] * scale
-    if key_valid is not None:
-        logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    nk = -(-L // block_size)
-    probs = torch.nn.functional.pad(probs, (0, nk * block_size - L))
-    return probs.view(*probs.shape[:2], nk, block_size).sum(-1)
-
-
 def sparse_decode_step(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -150,7 +131,7 @@ def sparse_decode_step(
         first = torch.where(key_valid, slots, key.shape[2]).amin(-1)
         bounds, lens = (first // cfg.block_size, last // cfg.block_size), last + 1
     cache = _kcache_for_step(indexer, key, last)
-    scores = decode_block_scores(
+    scores = decode_block_mass(
         indexer.queries(query), cache.keys(), cfg.block_size, 1.0 / math.sqrt(cfg.indexer_dim), key_valid
     )
     num, idx = select_decode_blocks(scores, cfg, bounds)

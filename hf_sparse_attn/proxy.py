@@ -10,6 +10,10 @@ appear; trained on the answer tokens alone the model stalled at the unigram loss
 retrieval from emerging at all: the previous-token heads that copying needs rely on a fixed
 offset.) The result is saved in the layout of a Hub repo (config.json, model.safetensors,
 tokenizer files, generation_config.json).
+
+``init_from`` + ``sparse_fraction`` continue a trained proxy sparse-aware: that share of the steps
+runs every layer on its block oracle's selection (``sparse_training``), so the proxy's attention
+concentrates on few blocks as a pretrained LLM's does, and block selection can be judged on it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen3Config
 
+from .config import SparseAttentionConfig
 from .eval.tasks import TASKS, Sample, TaskBuilder, generate
+from .sparse_training import ATTENTION_NAME as ORACLE_SPARSE_TRAINING
+from .sparse_training import register as register_oracle_sparse_training
+from .sparse_training import set_training_sparsity
 
 PROXY_DIR = Path(__file__).parent / "assets" / "proxy-qwen3"
 TASK_WEIGHTS = {task: 1.0 for task in TASKS} | {"vt": 1.5, "cwe": 2.0, "fwe": 2.0, "qa": 1.5, "copy": 3.0}
@@ -106,6 +114,28 @@ class ProxyTrainingConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
 
     time_budget_s: float | None = None
+    init_from: str | None = None
+    sparse_fraction: float = 0.0
+    sparse_density: tuple[float, float] = (0.03, 0.12)
+    sparse_min_len: int = 2048
+
+    def sparsity_at(self, step: int) -> SparseAttentionConfig | None:
+        """The step's oracle-sparse attention config (see ``sparse_training``), or None for dense.
+
+        A ``sparse_fraction`` of the steps, drawn from (seed, step), run each layer on the blocks its
+        dense attention ranks highest, at a density drawn from ``sparse_density``; selection rules
+        are the shipped indexer's (blocks of 64, one sink, two local blocks, dense last block, one
+        selection for all heads).
+        """
+        rng = random.Random(self.seed * 7919 + step)
+        if rng.random() >= self.sparse_fraction:
+            return None
+        return SparseAttentionConfig(
+            selector="oracle",
+            density=rng.uniform(*self.sparse_density),
+            dense_tail_blocks=1,
+            min_sparse_len=self.sparse_min_len,
+        )
 
     def progress(self, step: int, started: float | None = None) -> float:
         """Fraction of training done: by steps, or by wall time when a time budget is set and binds."""
@@ -202,8 +232,16 @@ def train_proxy(
 
     torch.manual_seed(config.seed)
     tok = build_tokenizer()
-    model_config = proxy_config(tok)
-    model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa").to(device)
+    attn = "sdpa"
+    if config.sparse_fraction > 0:
+        register_oracle_sparse_training()
+        attn = ORACLE_SPARSE_TRAINING
+    if config.init_from:
+        model = AutoModelForCausalLM.from_pretrained(  # the proxy config: no auto_map of a rendered repo
+            config.init_from, config=proxy_config(tok), dtype=torch.float32, attn_implementation=attn
+        ).to(device)
+    else:
+        model = AutoModelForCausalLM.from_config(proxy_config(tok), attn_implementation=attn).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -247,21 +285,33 @@ def train_proxy(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(config, step, progress)
+        lengths = (batch["input_ids"] != tok.pad_token_id).sum(1)  # pads only follow a row's tokens
+        sparsity = config.sparsity_at(step)
+        if batch["input_ids"].shape[1] < config.sparse_min_len:
+            sparsity = None  # too short to select from: the step runs dense
+        set_training_sparsity(model, sparsity, lengths)
         with autocast:
             loss, answer = proxy_loss(model, batch, tok.pad_token_id, config.prompt_loss_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        window.append(torch.stack([loss.detach(), answer]))
+        window.append((torch.stack([loss.detach(), answer]), sparsity is not None))
         if (step + 1) % log_every == 0:
+            losses = torch.stack([w for w, _ in window]).tolist()
             entry = {
                 "step": step + 1,
-                "loss": round(float(torch.stack(window)[:, 0].mean()), 4),
-                "answer_loss": round(float(torch.stack(window)[:, 1].mean()), 4),
+                "loss": round(sum(x[0] for x in losses) / len(losses), 4),
+                "answer_loss": round(sum(x[1] for x in losses) / len(losses), 4),
                 "seq_len": int(batch["input_ids"].shape[1]),
                 "seconds": round(time.time() - started, 1),
             }
+            sparse = [x[1] for x, (_, on) in zip(losses, window, strict=True) if on]
+            if sparse and len(sparse) < len(losses):  # sparse-aware steps: answer loss of each kind
+                entry["answer_loss_sparse"] = round(sum(sparse) / len(sparse), 4)
+                entry["answer_loss_dense"] = round(
+                    (sum(x[1] for x in losses) - sum(sparse)) / (len(losses) - len(sparse)), 4
+                )
             log.append(entry)
             window = []
             tqdm.write(json.dumps(entry))
@@ -275,6 +325,8 @@ def train_proxy(
     else:
         (out / "resume.pt").unlink(missing_ok=True)
     model.eval()
+    set_training_sparsity(model, None)
+    model.set_attn_implementation("sdpa")
     model.to(torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)
     GenerationConfig(

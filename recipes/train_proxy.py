@@ -3,6 +3,10 @@
 python recipes/train_proxy.py --output-dir proxy-qwen3                  # on a GPU (~8 min on an H100)
 python recipes/train_proxy.py --smoke                                   # CPU check of the loop
 
+Sparse-aware continuation of a trained proxy (the bundled v3 was made from v2 this way):
+python recipes/train_proxy.py --output-dir proxy-v3 --init-from proxy-v2 --sparse-fraction 0.5 \
+    --train-len 8192 --min-len 1024 --learning-rate 4e-4 --warmup-steps 50 --time-budget 360
+
 On a machine whose calls are time-limited, split one schedule over calls:
 python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500
 python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500 --resume   # x2
@@ -21,6 +25,15 @@ def main() -> None:
     p.add_argument("--output-dir", default="proxy-qwen3")
     p.add_argument("--steps", type=int, default=ProxyTrainingConfig.steps)
     p.add_argument("--train-len", type=int, default=ProxyTrainingConfig.train_len)
+    p.add_argument("--min-len", type=int, default=ProxyTrainingConfig.min_len)
+    p.add_argument("--warmup-steps", type=int, default=ProxyTrainingConfig.warmup_steps)
+    p.add_argument("--init-from", default=None, help="continue from a trained proxy directory's weights")
+    p.add_argument(
+        "--sparse-fraction",
+        type=float,
+        default=ProxyTrainingConfig.sparse_fraction,
+        help="share of steps run on each layer's block-oracle selection (sparse-aware training)",
+    )
     p.add_argument("--tokens-per-step", type=int, default=ProxyTrainingConfig.tokens_per_step)
     p.add_argument("--learning-rate", type=float, default=ProxyTrainingConfig.learning_rate)
     p.add_argument("--prompt-loss-weight", type=float, default=ProxyTrainingConfig.prompt_loss_weight)
@@ -34,6 +47,10 @@ def main() -> None:
     cfg = ProxyTrainingConfig(
         steps=args.steps,
         train_len=args.train_len,
+        min_len=args.min_len,
+        warmup_steps=args.warmup_steps,
+        init_from=args.init_from,
+        sparse_fraction=args.sparse_fraction,
         tokens_per_step=args.tokens_per_step,
         learning_rate=args.learning_rate,
         prompt_loss_weight=args.prompt_loss_weight,
@@ -42,6 +59,7 @@ def main() -> None:
     )
     if args.smoke:
         cfg.steps, cfg.train_len, cfg.min_len, cfg.tokens_per_step, cfg.warmup_steps = 6, 256, 128, 1024, 2
+        cfg.sparse_min_len = 128
     device = "cuda" if torch.cuda.is_available() else "cpu"
     summary = train_proxy(
         args.output_dir,

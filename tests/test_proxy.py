@@ -117,7 +117,7 @@ def test_bundled_proxy_is_a_small_bf16_hub_repo_with_its_indexer():
     with safe_open(str(PROXY_DIR / "model.safetensors"), "pt") as f:
         assert all(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
     summary = json.loads((PROXY_DIR / "training_summary.json").read_text())
-    assert summary["config"]["train_len"] == 4096
+    assert summary["config"]["train_len"] == 8192 and summary["config"]["sparse_fraction"] > 0
 
 
 def test_resumed_training_matches_the_uninterrupted_run(tmp_path):

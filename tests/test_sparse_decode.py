@@ -10,7 +10,8 @@ import torch
 from conftest import build, qwen3_config
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer, indexers, select_blocks
-from hf_sparse_attn.decode import IndexerKCache, decode_block_scores
+from hf_sparse_attn.decode import IndexerKCache
+from hf_sparse_attn.ops.decode_mass.naive import decode_block_mass
 from hf_sparse_attn.ops.kcache_quant.naive import bytes_per_vector, dequantize, quantize
 from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention
 from hf_sparse_attn.selection import select_decode_blocks
@@ -175,10 +176,10 @@ def test_decode_selection_width_depends_on_config_and_shape_only():
         assert set(idx[0, 0].tolist()) == top | {0, 2046, 2047}
 
 
-def test_decode_block_scores_pool_the_last_query_row():
+def test_decode_block_mass_pools_the_last_query_row():
     g = torch.Generator().manual_seed(2)
     q, k = torch.randn(2, 1, 1, 16, generator=g), torch.randn(2, 1, 70, 16, generator=g)
-    scores = decode_block_scores(q, k, 16, 0.25)
+    scores = decode_block_mass(q, k, 16, 0.25)
     probs = torch.softmax((q @ k.transpose(-1, -2))[:, :, 0] * 0.25, -1)
     expected = torch.stack([probs[..., i : i + 16].sum(-1) for i in range(0, 70, 16)], -1)
     assert scores.shape == (2, 1, 5)

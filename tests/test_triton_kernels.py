@@ -11,6 +11,8 @@ pytest.importorskip("triton")
 from hf_sparse_attn import SparseAttentionConfig, select_blocks  # noqa: E402
 from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention  # noqa: E402
 from hf_sparse_attn.ops.block_sparse_attn.triton import block_sparse_attention_triton  # noqa: E402
+from hf_sparse_attn.ops.decode_mass import triton as decode_mass_triton  # noqa: E402
+from hf_sparse_attn.ops.decode_mass.naive import decode_block_mass  # noqa: E402
 from hf_sparse_attn.ops.pooled_mass.naive import pooled_attention_mass  # noqa: E402
 from hf_sparse_attn.ops.pooled_mass.triton import pooled_attention_mass_triton  # noqa: E402
 from hf_sparse_attn.ops.probe_mass import triton as probe_triton  # noqa: E402
@@ -145,3 +147,47 @@ def test_block_sparse_kernel_copies_views_tma_cannot_address():
     ref, _ = block_sparse_attention_triton(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, 32, 0.2)
     out, _ = block_sparse_attention_triton(q, wide, v, blocks.kv_num_blocks, blocks.kv_indices, 32, 0.2)
     assert torch.equal(out, ref)
+
+
+DECODE_MASS_CASES = [  # (B, G, L, d, block)
+    (1, 1, 64, 16, 64),
+    (2, 2, 1000, 16, 64),
+    (3, 1, 77, 24, 16),  # d not a power of two, a partial last block
+    (1, 2, 5000, 32, 128),  # several fold chunks' worth of blocks at block 16 below
+    (2, 1, 4100, 16, 16),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("B,G,L,d,bs", DECODE_MASS_CASES)
+def test_decode_block_mass_kernel(B, G, L, d, bs, masked, dtype):
+    g = torch.Generator().manual_seed(L + d)
+    q = torch.randn(B, G, 1, d, generator=g).to(device=DEVICE, dtype=dtype)
+    store = torch.randn(B, G, L + 40, d, generator=g).to(device=DEVICE, dtype=dtype)
+    k = store[:, :, :L]  # a K-cache's live part: a strided view of its storage
+    valid = None
+    if masked:  # left padding, then holes (a static cache's unwritten slots)
+        valid = torch.rand(B, L, generator=g) > 0.3
+        valid[:, : min(L - 1, 50)] = False
+        valid[:, -1] = True
+        valid = valid.to(DEVICE)
+    ref = decode_block_mass(q, k, bs, d**-0.5, valid)
+    out = decode_mass_triton.decode_block_mass_triton(q, k, bs, d**-0.5, valid)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) < 2e-5
+    torch.testing.assert_close(out.sum(-1), torch.ones(B, G, device=DEVICE), rtol=0, atol=2e-5)
+    if masked:
+        dead = ~valid.view(B, 1, -1)
+        dead = torch.nn.functional.pad(dead, (0, -L % bs), value=True).view(B, 1, -1, bs).all(-1)
+        assert (out.masked_select(dead.expand_as(out)) == 0).all()
+
+
+def test_decode_block_mass_kernel_rejects_bad_inputs():
+    q, k = torch.randn(1, 1, 1, 16, device=DEVICE), torch.randn(1, 1, 64, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="key_valid must be bool"):
+        decode_mass_triton.decode_block_mass_triton(q, k, 16, 0.25, torch.ones(1, 64, device=DEVICE))
+    with pytest.raises(ValueError, match="q_idx must be"):
+        decode_mass_triton.decode_block_mass_triton(k, k, 16, 0.25)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        decode_mass_triton.decode_block_mass_triton(q, k, 16, 0.0)

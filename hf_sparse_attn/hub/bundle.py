@@ -17,6 +17,7 @@ RUNTIME_MODULES = [
     "ops/common.py",
     "ops/pooled_mass/naive.py",
     "ops/probe_mass/naive.py",
+    "ops/decode_mass/naive.py",
     "ops/block_sparse_attn/naive.py",
     "ops/sparse_decode/naive.py",
     "ops/kcache_quant/naive.py",

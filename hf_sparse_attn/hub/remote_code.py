@@ -21,6 +21,7 @@ from hf_sparse_attn.attention import register
 from hf_sparse_attn.config import CONFIG_NAME, SparseAttentionConfig
 from hf_sparse_attn.modeling import WEIGHTS_NAME, attach_indexer, load_indexer
 from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
+from hf_sparse_attn.ops.decode_mass.naive import decode_block_mass
 from hf_sparse_attn.ops.kcache_quant.naive import dequantize, quantize
 from hf_sparse_attn.ops.pooled_mass.naive import pooled_attention_mass
 from hf_sparse_attn.ops.probe_mass.naive import row_probe_mass
@@ -28,6 +29,7 @@ from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention
 
 _remote_logger = logging.getLogger("sparse_prefill")
 _reference_block_sparse_attention = block_sparse_attention
+_reference_decode_block_mass = decode_block_mass
 _reference_pooled_attention_mass = pooled_attention_mass
 _reference_row_probe_mass = row_probe_mass
 _reference_sparse_decode_attention = sparse_decode_attention
@@ -79,6 +81,12 @@ def _newer_op(t: torch.Tensor, name: str, reference):
 def row_probe_mass(q, k, block_size, scale, groups, seq_lens=None):  # noqa: F811
     return _newer_op(q, "row_probe_mass", _reference_row_probe_mass)(
         q, k, block_size, scale, groups, seq_lens
+    )
+
+
+def decode_block_mass(q_idx, k_idx, block_size, scale, key_valid=None):  # noqa: F811
+    return _newer_op(k_idx, "decode_block_mass", _reference_decode_block_mass)(
+        q_idx, k_idx, block_size, scale, key_valid
     )
 
 

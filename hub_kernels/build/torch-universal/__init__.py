@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 999ecc55a00b); do not edit.
+# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops b50e616c6630); do not edit.
 """Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
 
 Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with
@@ -13,6 +13,7 @@ import torch
 
 from .block_sparse_attn import naive as _bsa_naive
 from .common import sequence_lengths
+from .decode_mass import naive as _decode_mass_naive
 from .kcache_quant import naive as _quant_naive
 from .pooled_mass import naive as _mass_naive
 from .probe_mass import naive as _probe_naive
@@ -105,6 +106,21 @@ def row_probe_mass(
     )
 
 
+def decode_block_mass(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    block_size: int,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Indexer mass of one decode query row per key block; contract in ``decode_mass/naive.py``."""
+    if backend_for(k_idx) == "reference":
+        return _decode_mass_naive.decode_block_mass(q_idx, k_idx, block_size, scale, key_valid)
+    from .decode_mass.triton import decode_block_mass_op
+
+    return decode_block_mass_op(q_idx, k_idx, block_size, scale, key_valid)
+
+
 def sparse_decode_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -160,6 +176,7 @@ __all__ = [
     "BACKENDS",
     "backend_for",
     "block_sparse_attention",
+    "decode_block_mass",
     "dequantize_kcache",
     "pooled_attention_mass",
     "quantize_kcache",

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 999ecc55a00b); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops b50e616c6630); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations

@@ -1,0 +1,133 @@
+"""Oracle-sparse attention with gradients (sparse-aware proxy training) against the references."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_sparse_attn.config import SparseAttentionConfig
+from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
+from hf_sparse_attn.oracle import oracle_block_scores
+from hf_sparse_attn.proxy import ProxyTrainingConfig, train_proxy
+from hf_sparse_attn.selection import select_blocks
+from hf_sparse_attn.sparse_training import oracle_sparse_training_attention, oracle_token_mask
+
+B, HQ, HKV, S, D = 2, 4, 2, 100, 16  # S not a multiple of the block
+
+
+def _qkv(seed: int = 0, requires_grad: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, h, S, D, generator=g, dtype=torch.float32) for h in (HQ, HKV, HKV))
+    k[:, :, ::7] *= 4  # some peaked keys, so the oracle ranks blocks clearly
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+def _module(config: SparseAttentionConfig | None):
+    return SimpleNamespace(training=True, num_key_value_groups=HQ // HKV, training_sparsity=config)
+
+
+def _config(**kw) -> SparseAttentionConfig:
+    base = dict(selector="oracle", block_size=16, density=0.3, min_sparse_len=32, dense_tail_blocks=1)
+    return SparseAttentionConfig(**(base | kw))
+
+
+def test_without_sparsity_it_is_causal_sdpa():
+    q, k, v = _qkv()
+    module = SimpleNamespace(training=True, num_key_value_groups=HQ // HKV, is_causal=True)
+    out, _ = oracle_sparse_training_attention(module, q, k, v, None, scaling=0.25)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("padded", [False, True])
+def test_forward_matches_the_block_sparse_reference_on_the_oracle_selection(groups, padded):
+    q, k, v = _qkv(requires_grad=False)
+    cfg = _config(indexer_heads=groups)
+    lens = torch.tensor([S, 71]) if padded else torch.full((B,), S)
+    module = _module(cfg)
+    module.training_seq_lens = lens if padded else None
+    out, _ = oracle_sparse_training_attention(module, q, k, v, None, scaling=0.25)
+    blocks = select_blocks(oracle_block_scores(q, k, 16, 0.25, groups, lens), cfg, lens)
+    assert 0.3 < float(blocks.density().mean()) < 0.9  # genuinely sparse, not every block
+    ref, _ = block_sparse_attention(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, 16, 0.25, lens)
+    valid = (torch.arange(S)[None, :] < lens[:, None])[..., None, None]  # [B, S, 1, 1]
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out * valid, ref.transpose(1, 2) * valid, rtol=1e-5, atol=1e-6)
+
+
+def test_density_one_gives_dense_values_and_gradients():
+    q, k, v = _qkv()
+    out, _ = oracle_sparse_training_attention(_module(_config(density=1.0)), q, k, v, None, scaling=0.25)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True).transpose(1, 2)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_reach_only_selected_keys():
+    q, k, v = _qkv()
+    cfg = _config()
+    out, _ = oracle_sparse_training_attention(_module(cfg), q, k, v, None, scaling=0.25)
+    rows = slice(64, 80)  # query block 4 of 7: neither sink, local-only, nor the dense tail
+    dk, dv = torch.autograd.grad(out[:, rows].sum(), (k, v))
+    read = oracle_token_mask(q, k, cfg, 0.25)[:, 0, rows].any(dim=-2)  # [B, S] keys the block reads
+    assert (~read[:, :64]).any() and read[:, :64].any()
+    assert dv.abs().sum((1, 3))[~read].max() == 0 and dk.abs().sum((1, 3))[~read].max() == 0
+    assert dv.abs().sum((1, 3))[read].min() > 0
+
+
+def test_short_inputs_run_dense_and_padding_masks_are_refused():
+    q, k, v = _qkv(requires_grad=False)
+    module = _module(_config(min_sparse_len=S + 1))
+    module.is_causal = True
+    out, _ = oracle_sparse_training_attention(module, q, k, v, None, scaling=0.25)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="without an attention mask"):
+        oracle_sparse_training_attention(
+            _module(_config()), q, k, v, torch.ones(B, 1, S, S, dtype=torch.bool), scaling=0.25
+        )
+
+
+def test_step_sparsity_is_seeded_and_follows_the_fraction():
+    cfg = ProxyTrainingConfig(sparse_fraction=0.5, sparse_density=(0.03, 0.12))
+    draws = [cfg.sparsity_at(step) for step in range(400)]
+    assert draws[:50] == [cfg.sparsity_at(step) for step in range(50)]
+    sparse = [d for d in draws if d is not None]
+    assert 150 < len(sparse) < 250
+    assert all(
+        0.03 <= d.density <= 0.12 and d.selector == "oracle" and d.dense_tail_blocks == 1 for d in sparse
+    )
+    assert ProxyTrainingConfig().sparsity_at(3) is None
+
+
+def test_sparse_aware_continuation_trains_from_a_checkpoint(tmp_path, monkeypatch):
+    import hf_sparse_attn.sparse_training as st
+
+    base = ProxyTrainingConfig(train_len=192, min_len=160, steps=2, tokens_per_step=384, warmup_steps=1)
+    train_proxy(tmp_path / "v1", base, device="cpu", num_workers=0)
+    calls = []
+    real = st.oracle_token_mask
+    monkeypatch.setattr(st, "oracle_token_mask", lambda *a: calls.append(1) or real(*a))
+    cont = ProxyTrainingConfig(
+        train_len=192,
+        min_len=160,
+        steps=2,
+        tokens_per_step=384,
+        warmup_steps=1,
+        init_from=str(tmp_path / "v1"),
+        sparse_fraction=1.0,
+        sparse_min_len=128,
+    )
+    summary = train_proxy(tmp_path / "v2", cont, device="cpu", num_workers=0)
+    assert summary["steps_done"] == 2 and summary["config"]["init_from"] == str(tmp_path / "v1")
+    assert len(calls) == 2 * 6  # every layer of both steps ran on its oracle selection
+    saved = json.loads((tmp_path / "v2" / "config.json").read_text())
+    assert saved.get("_attn_implementation") in (None, "sdpa")
