@@ -128,6 +128,8 @@ def _bench(args: argparse.Namespace) -> int:
             "kernel_all_blocks_ms",
             "step_ms",
             "step_int4_kcache_ms",
+            "scoring_ms",
+            "scoring_reference_ms",
             "kernel_ms",
             "speedup_step_vs_sdpa",
             "speedup_kernel_vs_sdpa",

@@ -158,7 +158,9 @@ DECODE_MASS_CASES = [  # (B, G, L, d, block)
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+)  # no tl.dot here, but the interpreter's bf16 is not trusted
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("B,G,L,d,bs", DECODE_MASS_CASES)
 def test_decode_block_mass_kernel(B, G, L, d, bs, masked, dtype):

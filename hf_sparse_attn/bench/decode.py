@@ -30,7 +30,8 @@ from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from ..config import SparseAttentionConfig
 from ..decode import IndexerKCache, sparse_decode_step
 from ..modeling import attach_indexer, indexers
-from ..ops import sparse_decode_attention
+from ..ops import decode_block_mass, sparse_decode_attention
+from ..ops.decode_mass.naive import decode_block_mass as reference_decode_block_mass
 from ..ops.kcache_quant.naive import bytes_per_vector
 from .kernels import LayerStub
 from .shapes import CONFIGS
@@ -91,6 +92,7 @@ def _attention_case(B: int, L: int, densities: list[float], block: int) -> list[
         "gate_rel_err": err,
     }
     rows = []
+    base |= _scoring_ms(LayerStub(hq, hkv, d, SparseAttentionConfig(block_size=block)), q, k)
     for density in densities:
         cfg = SparseAttentionConfig(block_size=block, density=density, sparse_decode=True)
         layer = LayerStub(hq, hkv, d, cfg)
@@ -118,6 +120,23 @@ def _attention_case(B: int, L: int, densities: list[float], block: int) -> list[
         )
         print(rows[-1], flush=True)
     return rows
+
+
+def _scoring_ms(layer: LayerStub, q: torch.Tensor, k: torch.Tensor) -> dict:
+    """The step's block scoring alone: ``ops.decode_block_mass`` (Triton) vs its PyTorch reference,
+    over a K-cache's live part (a strided view, as a step reads it), after checking they agree."""
+    cfg = layer.indexer.config
+    q_idx = layer.indexer.queries(q)
+    k_idx = IndexerKCache(layer.indexer.keys(k), "native").keys()
+    scale = cfg.indexer_dim**-0.5
+    ref = reference_decode_block_mass(q_idx, k_idx, cfg.block_size, scale)
+    err = float((decode_block_mass(q_idx, k_idx, cfg.block_size, scale) - ref).norm() / ref.norm())
+    if err >= 1e-5:
+        raise RuntimeError(f"decode_block_mass kernel differs from its reference: rel err {err:.3g}")
+    return {
+        "scoring_ms": _ms(lambda: decode_block_mass(q_idx, k_idx, cfg.block_size, scale)),
+        "scoring_reference_ms": _ms(lambda: reference_decode_block_mass(q_idx, k_idx, cfg.block_size, scale)),
+    }
 
 
 def _random_cache(cache: DynamicCache | StaticCache, config, B: int, L: int) -> DynamicCache | StaticCache:
