@@ -2,8 +2,8 @@
 
 A pretrained LLM's long-context attention concentrates on few key blocks (seed 000: the block oracle
 at ~10% density is near-lossless on Qwen-size models). A 5M-parameter model trained only on the task
-suite spreads it instead: the first two proxies lost 20 points from dense to the block oracle at
-17.5% kept blocks, so no selector could be judged on them. Running part of the training steps with
+suite spreads it instead: proxy v2 lost 20 points from dense to the block oracle at 17.5% kept
+blocks, so no selector could be judged on it. Running part of the training steps with
 each layer restricted to the blocks its own dense attention ranks highest (the eval's
 ``block_oracle`` selection, as natively sparse models are trained) teaches the proxy to keep what it
 needs in those blocks. The selection problem stays: the indexer must still find them from its own
