@@ -121,6 +121,15 @@ def test_dense_tail_blocks_keep_every_causal_block_of_the_last_query_rows():
     assert not dense[1, 7:].any()
 
 
+def test_block_size_sweep_runs_block_independent_methods_once():
+    methods = build_methods(
+        ["dense", "token_oracle", "block_oracle"], [0.1, 0.2], [0.9], block_sizes=[32, 64]
+    )
+    labels = [m.label for m in methods]
+    assert labels.count("dense") == 1 and sum(lab.startswith("token_oracle") for lab in labels) == 2
+    assert sorted(m.changes["block_size"] for m in methods if m.name == "block_oracle") == [32, 32, 64, 64]
+
+
 def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
     methods = build_methods(
         ["dense", "token_oracle", "block_oracle", "indexer", "streaming", "random"], [0.25, 1.0], [0.9]

@@ -70,6 +70,9 @@ def build_methods(
             if name == "dense":
                 if bs is None or bs == block_sizes[0]:
                     out.append(Method("dense"))
+            elif name == "token_oracle":  # token granularity: the block size does not enter
+                if bs is None or bs == block_sizes[0]:
+                    out += [Method(name, {"selector": "indexer", "density": d}, d) for d in densities]
             elif name == "indexer_topp":
                 out += [Method(name, {"selector": "indexer", "top_p": p, **extra}) for p in top_ps]
             elif name == "indexer_dual_topp":
