@@ -119,6 +119,15 @@ class ProxyTrainingConfig:
     sparse_density: tuple[float, float] = (0.03, 0.12)
     sparse_min_len: int = 2048
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sparse_fraction <= 1.0:
+            raise ValueError(f"sparse_fraction is a share of the steps in [0, 1], got {self.sparse_fraction}")
+        lo, hi = self.sparse_density
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(
+                f"sparse_density must be (low, high) with 0 < low <= high <= 1, got {self.sparse_density}"
+            )
+
     def sparsity_at(self, step: int) -> SparseAttentionConfig | None:
         """The step's oracle-sparse attention config (see ``sparse_training``), or None for dense.
 

@@ -106,6 +106,10 @@ def test_step_sparsity_is_seeded_and_follows_the_fraction():
         0.03 <= d.density <= 0.12 and d.selector == "oracle" and d.dense_tail_blocks == 1 for d in sparse
     )
     assert ProxyTrainingConfig().sparsity_at(3) is None
+    with pytest.raises(ValueError, match="share of the steps"):
+        ProxyTrainingConfig(sparse_fraction=1.5)
+    with pytest.raises(ValueError, match="low <= high"):
+        ProxyTrainingConfig(sparse_density=(0.2, 0.1))
 
 
 def test_sparse_aware_continuation_trains_from_a_checkpoint(tmp_path, monkeypatch):
