@@ -307,20 +307,18 @@ def train_proxy(
         opt.zero_grad(set_to_none=True)
         window.append((torch.stack([loss.detach(), answer]), sparsity is not None))
         if (step + 1) % log_every == 0:
-            losses = torch.stack([w for w, _ in window]).tolist()
+            losses = torch.stack([w for w, _ in window])  # [steps, (loss, answer loss)]
+            sparse = torch.tensor([on for _, on in window], device=losses.device)
             entry = {
                 "step": step + 1,
-                "loss": round(sum(x[0] for x in losses) / len(losses), 4),
-                "answer_loss": round(sum(x[1] for x in losses) / len(losses), 4),
+                "loss": round(float(losses[:, 0].mean()), 4),
+                "answer_loss": round(float(losses[:, 1].mean()), 4),
                 "seq_len": int(batch["input_ids"].shape[1]),
                 "seconds": round(time.time() - started, 1),
             }
-            sparse = [x[1] for x, (_, on) in zip(losses, window, strict=True) if on]
-            if sparse and len(sparse) < len(losses):  # sparse-aware steps: answer loss of each kind
-                entry["answer_loss_sparse"] = round(sum(sparse) / len(sparse), 4)
-                entry["answer_loss_dense"] = round(
-                    (sum(x[1] for x in losses) - sum(sparse)) / (len(losses) - len(sparse)), 4
-                )
+            if 0 < int(sparse.sum()) < len(window):  # sparse-aware steps: answer loss of each kind
+                entry["answer_loss_sparse"] = round(float(losses[sparse, 1].mean()), 4)
+                entry["answer_loss_dense"] = round(float(losses[~sparse, 1].mean()), 4)
             log.append(entry)
             window = []
             tqdm.write(json.dumps(entry))

@@ -23,6 +23,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .config import SparseAttentionConfig
+from .modeling import attention_layers
 from .oracle import oracle_block_scores
 from .selection import select_blocks
 
@@ -57,10 +58,9 @@ def set_training_sparsity(
 ) -> None:
     """Run every attention layer of ``model`` block-oracle sparse under ``config`` (None: dense) on
     rows of ``seq_lens`` tokens before right padding (None: unpadded)."""
-    for module in model.modules():
-        if hasattr(module, "num_key_value_groups"):
-            module.training_sparsity = config
-            module.training_seq_lens = seq_lens
+    for module in attention_layers(model):
+        module.training_sparsity = config
+        module.training_seq_lens = seq_lens
 
 
 def oracle_sparse_training_attention(

@@ -115,11 +115,13 @@ def check_decode(
     return B, Hq, k.shape[2], D
 
 
-def check_key_mask(key_mask: torch.Tensor, batch: int, cache_len: int) -> torch.Tensor:
+def check_key_mask(
+    key_mask: torch.Tensor, batch: int, cache_len: int, name: str = "key_mask"
+) -> torch.Tensor:
     """A decode key mask must be bool [B, L] (True = the row may attend to that cached key)."""
     if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (batch, cache_len):
         raise ValueError(
-            f"key_mask must be bool [batch, cache_len] = [{batch}, {cache_len}], got {key_mask.dtype} "
+            f"{name} must be bool [batch, cache_len] = [{batch}, {cache_len}], got {key_mask.dtype} "
             f"{tuple(key_mask.shape)}"
         )
     return key_mask
@@ -264,6 +266,7 @@ ranks blocks the way the prefill of the same prompt does.
 import torch
 
 
+
 def check_decode_mass_inputs(
     q_idx: torch.Tensor, k_idx: torch.Tensor, key_valid: torch.Tensor | None
 ) -> None:
@@ -273,12 +276,8 @@ def check_decode_mass_inputs(
         )
     if q_idx.shape[:2] != k_idx.shape[:2] or q_idx.shape[3] != k_idx.shape[3]:
         raise ValueError(f"q_idx {tuple(q_idx.shape)} and k_idx {tuple(k_idx.shape)} disagree on B, G or d")
-    if key_valid is not None and (
-        key_valid.dtype != torch.bool or tuple(key_valid.shape) != (k_idx.shape[0], k_idx.shape[2])
-    ):
-        raise ValueError(
-            f"key_valid must be bool [B, L] = {(k_idx.shape[0], k_idx.shape[2])}, got {key_valid.dtype} {tuple(key_valid.shape)}"
-        )
+    if key_valid is not None:
+        check_key_mask(key_valid, k_idx.shape[0], k_idx.shape[2], "key_valid")
 
 
 def decode_block_mass(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..common import check_key_mask
+
 
 def check_decode_mass_inputs(
     q_idx: torch.Tensor, k_idx: torch.Tensor, key_valid: torch.Tensor | None
@@ -20,12 +22,8 @@ def check_decode_mass_inputs(
         )
     if q_idx.shape[:2] != k_idx.shape[:2] or q_idx.shape[3] != k_idx.shape[3]:
         raise ValueError(f"q_idx {tuple(q_idx.shape)} and k_idx {tuple(k_idx.shape)} disagree on B, G or d")
-    if key_valid is not None and (
-        key_valid.dtype != torch.bool or tuple(key_valid.shape) != (k_idx.shape[0], k_idx.shape[2])
-    ):
-        raise ValueError(
-            f"key_valid must be bool [B, L] = {(k_idx.shape[0], k_idx.shape[2])}, got {key_valid.dtype} {tuple(key_valid.shape)}"
-        )
+    if key_valid is not None:
+        check_key_mask(key_valid, k_idx.shape[0], k_idx.shape[2], "key_valid")
 
 
 def decode_block_mass(

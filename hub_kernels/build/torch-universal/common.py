@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops b50e616c6630); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations
@@ -111,11 +111,13 @@ def check_decode(
     return B, Hq, k.shape[2], D
 
 
-def check_key_mask(key_mask: torch.Tensor, batch: int, cache_len: int) -> torch.Tensor:
+def check_key_mask(
+    key_mask: torch.Tensor, batch: int, cache_len: int, name: str = "key_mask"
+) -> torch.Tensor:
     """A decode key mask must be bool [B, L] (True = the row may attend to that cached key)."""
     if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (batch, cache_len):
         raise ValueError(
-            f"key_mask must be bool [batch, cache_len] = [{batch}, {cache_len}], got {key_mask.dtype} "
+            f"{name} must be bool [batch, cache_len] = [{batch}, {cache_len}], got {key_mask.dtype} "
             f"{tuple(key_mask.shape)}"
         )
     return key_mask

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/decode_mass/naive.py (hf-sparse-attn 0.1.0, ops b50e616c6630); do not edit.
+# Generated from hf_sparse_attn/ops/decode_mass/naive.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
 """Reference decode block mass (the spec for the Triton kernel).
 
 One query row per (batch row, selection group) scores every cached key; the softmax of those
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..common import check_key_mask
+
 
 def check_decode_mass_inputs(
     q_idx: torch.Tensor, k_idx: torch.Tensor, key_valid: torch.Tensor | None
@@ -21,12 +23,8 @@ def check_decode_mass_inputs(
         )
     if q_idx.shape[:2] != k_idx.shape[:2] or q_idx.shape[3] != k_idx.shape[3]:
         raise ValueError(f"q_idx {tuple(q_idx.shape)} and k_idx {tuple(k_idx.shape)} disagree on B, G or d")
-    if key_valid is not None and (
-        key_valid.dtype != torch.bool or tuple(key_valid.shape) != (k_idx.shape[0], k_idx.shape[2])
-    ):
-        raise ValueError(
-            f"key_valid must be bool [B, L] = {(k_idx.shape[0], k_idx.shape[2])}, got {key_valid.dtype} {tuple(key_valid.shape)}"
-        )
+    if key_valid is not None:
+        check_key_mask(key_valid, k_idx.shape[0], k_idx.shape[2], "key_valid")
 
 
 def decode_block_mass(
