@@ -3,11 +3,14 @@
 python recipes/train_proxy.py --output-dir proxy-qwen3                  # on a GPU (~8 min on an H100)
 python recipes/train_proxy.py --smoke                                   # CPU check of the loop
 
-Sparse-aware continuation of a trained proxy; the bundled v3 is v2 plus these two stages (H200):
+Sparse-aware continuation of a trained proxy; the bundled v4 is v2 plus these three stages (the
+first two on an H200, the third on an H100):
 python recipes/train_proxy.py --output-dir stage1 --init-from proxy-v2 --sparse-fraction 0.5 \
     --train-len 8192 --min-len 1024 --learning-rate 4e-4 --warmup-steps 50 --time-budget 320 --steps 100000
 python recipes/train_proxy.py --output-dir proxy-v3 --init-from stage1 --sparse-fraction 0.75 \
     --train-len 8192 --min-len 2048 --learning-rate 3e-4 --warmup-steps 30 --time-budget 390 --steps 100000
+python recipes/train_proxy.py --output-dir proxy-v4 --init-from proxy-v3 --sparse-fraction 0.75 \
+    --train-len 8192 --min-len 4096 --learning-rate 2e-4 --warmup-steps 30 --time-budget 420 --steps 100000
 
 On a machine whose calls are time-limited, split one schedule over calls:
 python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500

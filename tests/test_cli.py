@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hf_sparse_attn.cli import main
 from hf_sparse_attn.demo import run_demo
 
@@ -26,3 +28,11 @@ def test_demo_names_what_a_model_dir_lacks(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing config.json, indexer.safetensors, modeling_sparse_prefill.py" in err
+
+
+def test_bench_decode_names_the_layer_range_it_can_keep():
+    from hf_sparse_attn.bench.decode import static_compiled_rows
+
+    for bad in (0, 37):
+        with pytest.raises(ValueError, match=r"--num-layers must be in 1\.\.36"):
+            static_compiled_rows([(8, 131072)], 0.1, num_layers=bad)

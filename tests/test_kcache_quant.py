@@ -51,6 +51,9 @@ def test_selection_agreement_on_the_bundled_proxy():
         assert 0.85 < result[fmt]["agreement"] < 1.0, result
         assert result[fmt]["agreement"] < result[fmt]["mass_recall"] < 1.0, result  # the flips are near-ties
         assert result[fmt]["compression"] == pytest.approx(32 / 9)
+    # finer roundings flip fewer near-ties: bf16 > FP8 E4M3 > 4-bit
+    assert result["bf16"]["agreement"] > result["fp8_e4m3"]["agreement"] > result["int4"]["agreement"], result
+    assert result["bf16"]["compression"] == 1.0 and result["fp8_e4m3"]["compression"] == 2.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -96,6 +99,11 @@ def test_kcache_agreement_cli_writes_a_table(tmp_path, capsys):
     assert "use longer prompts" in capsys.readouterr().err
     assert main(["kcache-agreement", "--length", "2048", "--groups", "16", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "kcache_agreement.json").read_text())["rows"]
-    assert [(r["format"], r["group"], r["prompts"]) for r in rows] == [("int4", 16, 11), ("fp4", 16, 11)]
+    assert [(r["format"], r["group"], r["prompts"]) for r in rows] == [
+        ("int4", 16, 11),
+        ("fp4", 16, 11),
+        ("bf16 (reference rounding)", "-", 11),
+        ("fp8_e4m3 (reference rounding)", "-", 11),
+    ]
     assert all(0.5 < r["agreement"] <= r["mass_recall"] <= 1.0 for r in rows)
     assert "mass_recall" in (tmp_path / "kcache_agreement.md").read_text()

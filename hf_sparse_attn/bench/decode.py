@@ -214,10 +214,24 @@ def _at_position(cache: StaticCache, L: int, step) -> torch.Tensor:
 
 
 def static_compiled_rows(
-    cases: list[tuple[int, int]], density: float, block: int = 64, steps: int = 20
+    cases: list[tuple[int, int]],
+    density: float,
+    block: int = 64,
+    steps: int = 20,
+    num_layers: int | None = None,
 ) -> list[dict]:
-    """Qwen3-8B per-token decode over a random ``StaticCache``, eager and compiled with CUDA graphs."""
+    """Qwen3-8B per-token decode over a random ``StaticCache``, eager and compiled with CUDA graphs.
+
+    ``num_layers`` keeps only the first layers, so that a KV cache larger than the card (8 x 128K
+    needs 151 GB over 36 layers) fits. Every layer costs the same, and the embedding / lm_head time
+    stays whole, so the sparse-vs-dense ratio of a truncated model is a lower bound on the full one.
+    """
     config = CONFIGS["qwen3-8b"]()
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise ValueError(f"--num-layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
+        config.num_hidden_layers = num_layers
+        config.layer_types = config.layer_types[:num_layers]
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(
             config, dtype=torch.bfloat16, attn_implementation="sdpa"
@@ -228,7 +242,9 @@ def static_compiled_rows(
     )
     rows = []
     for B, L in cases:
-        rows.append(_static_case(model, config, B, L, density, steps))
+        rows.append(
+            {"num_layers": config.num_hidden_layers, **_static_case(model, config, B, L, density, steps)}
+        )
         print(rows[-1], flush=True)
         for ix in indexers(model).values():
             ix.kcache = None

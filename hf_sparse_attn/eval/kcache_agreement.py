@@ -7,6 +7,10 @@ the model's config. Agreement = |chosen_quant & chosen_full| / |chosen_full| ove
 budget chose (sink / local / tail blocks, kept either way, are left out). Mass recall = the
 full-precision indexer mass of the quantized choice over that of the full-precision choice: near 1
 when the blocks that flip are near-ties, which matter little to attention.
+
+The same measurement for keys merely rounded to bf16 and to FP8 E4M3 (``REFERENCE_ROUNDINGS``, not
+cache formats) shows how many flips any loss of precision causes on these scores: a 4-bit format
+cannot agree more than a finer rounding does.
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ from ..ops import pooled_attention_mass
 from ..ops.kcache_quant.naive import FORMATS, bytes_per_vector, dequantize, quantize
 from ..selection import select_blocks
 
+REFERENCE_ROUNDINGS = {"bf16": (torch.bfloat16, 2), "fp8_e4m3": (torch.float8_e4m3fn, 1)}
+
+
+def _degraded(k: torch.Tensor, fmt: str, group: int) -> torch.Tensor:
+    """Indexer keys after a round trip through a 4-bit cache format or a reference rounding."""
+    if fmt in REFERENCE_ROUNDINGS:
+        return k.to(REFERENCE_ROUNDINGS[fmt][0]).to(k.dtype)
+    return dequantize(*quantize(k, fmt, group), fmt, group, dtype=k.dtype)
+
 
 @torch.no_grad()
 def kcache_selection_agreement(
     model: torch.nn.Module, prompts: list[torch.Tensor], formats: tuple[str, ...] = FORMATS, group: int = 16
 ) -> dict[str, dict[str, float]]:
     """{format: {"agreement", "mass_recall", "bytes_per_key", "bf16_bytes_per_key", "compression"}} over all
-    layers and prompts."""
+    layers and prompts, for each cache format and each of ``REFERENCE_ROUNDINGS``."""
     cfg = sparse_config_of(model)
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -45,6 +58,7 @@ def kcache_selection_agreement(
             ix.observer = None
     scale = 1.0 / math.sqrt(cfg.indexer_dim)
     forced_only = replace(cfg, top_k=1, density=None, top_p=None, layer_top_p=None)
+    formats = (*formats, *REFERENCE_ROUNDINGS)
     hits = {f: 0.0 for f in formats}
     mass = {f: 0.0 for f in formats}
     total = total_mass = 0.0
@@ -55,7 +69,7 @@ def kcache_selection_agreement(
         total += float(chosen.sum())
         total_mass += float((scores * chosen).sum())
         for f in formats:
-            k_q = dequantize(*quantize(k_idx, f, group), f, group, dtype=k_idx.dtype)
+            k_q = _degraded(k_idx, f, group)
             quant = select_blocks(
                 pooled_attention_mass(q_idx, k_q, cfg.block_size, scale, cfg.indexer_heads), cfg
             )
@@ -68,13 +82,14 @@ def kcache_selection_agreement(
             "use longer prompts (more key blocks than the forced ones) to measure agreement"
         )
     dim = cfg.indexer_dim * cfg.indexer_heads
-    return {
-        f: {
+    out = {}
+    for f in formats:
+        size = dim * REFERENCE_ROUNDINGS[f][1] if f in REFERENCE_ROUNDINGS else bytes_per_vector(dim, group)
+        out[f] = {
             "agreement": hits[f] / total,
             "mass_recall": mass[f] / max(total_mass, 1e-30),
-            "bytes_per_key": bytes_per_vector(dim, group),
+            "bytes_per_key": size,
             "bf16_bytes_per_key": 2 * dim,
-            "compression": 2 * dim / bytes_per_vector(dim, group),
+            "compression": 2 * dim / size,
         }
-        for f in formats
-    }
+    return out
