@@ -237,15 +237,19 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .eval.methods import build_methods
-    from .eval.runner import calibration_prompts, evaluate, macro, write_report
+    from .eval.methods import ADAPTIVE, build_methods
+    from .eval.runner import calibration_prompts, evaluate, evaluate_matched_topk, macro, write_report
     from .proxy import PROXY_DIR, load_proxy
     from .retrieval_heads import find_retrieval_heads
 
+    names = args.methods.split(",")
+    if args.matched_topk and not set(names) & set(ADAPTIVE):
+        raise ValueError(
+            f"--matched-topk needs at least one adaptive method in --methods: {', '.join(ADAPTIVE)}"
+        )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_dir = args.model or str(PROXY_DIR)
     model, tok = load_proxy(model_dir, device)
-    names = args.methods.split(",")
     heads = None
     if "retrieval_heads" in names:
         prompts = calibration_prompts(tok, min(_ints(args.lengths)))
@@ -263,6 +267,8 @@ def _eval(args: argparse.Namespace) -> int:
     )
     tasks = None if args.tasks == "all" else args.tasks.split(",")
     rows = evaluate(model, tok, methods, _ints(args.lengths), tasks, args.samples, args.batch_size)
+    if args.matched_topk:
+        rows += evaluate_matched_topk(model, tok, rows, tasks, args.samples, args.batch_size)
     meta = {
         "model": model_dir,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -428,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.8,
         help="probe mass a row must keep (patterns_horizontal)",
+    )
+    ev.add_argument(
+        "--matched-topk",
+        action="store_true",
+        help="then run the indexer at the top-k budget that keeps what each adaptive method kept "
+        "(indexer_topp, indexer_dual_topp, retrieval_heads, patterns_horizontal): equal-cost rows",
     )
     ev.add_argument("--block-sizes", default=None, help="comma list to sweep block sizes (default: model's)")
     ev.add_argument("--lengths", default="4096,8192,16384", help="prompt lengths in tokens")

@@ -168,3 +168,43 @@ def test_report_has_a_per_layer_density_table(tiny, tok, tmp_path):
     write_report(rows, tmp_path, {"model": "tiny"})
     md = (tmp_path / "eval.md").read_text()
     assert "| method | length | layer 0 | layer 1 |" in md and "| indexer_topp top_p=0.5 | 256 |" in md
+
+
+def test_density_for_kept_inverts_the_kept_density_of_a_budget():
+    from dataclasses import replace
+
+    from hf_sparse_attn.eval.methods import density_for_kept, kept_density_of
+
+    cfg = SparseAttentionConfig(block_size=64, density=0.125, dense_tail_blocks=1, local_blocks=2)
+    for density in (0.05, 0.2, 0.37, 0.9):
+        kept = kept_density_of(replace(cfg, density=density), 4096)
+        assert kept > density  # the forced sink / local / tail blocks come on top
+        found = density_for_kept(cfg, kept, 4096)
+        assert kept_density_of(replace(cfg, density=found), 4096) == pytest.approx(kept, abs=1e-3)
+    forced_only = kept_density_of(replace(cfg, density=1e-4), 4096)
+    assert density_for_kept(cfg, forced_only / 2, 4096) == 1e-4  # below the forced share: the smallest target
+
+
+def test_matched_topk_rows_keep_what_the_adaptive_method_kept(tiny, tok):
+    from hf_sparse_attn.eval.methods import matched_topk_methods
+    from hf_sparse_attn.eval.runner import evaluate_matched_topk
+
+    methods = build_methods(["indexer_topp", "indexer"], [0.25], [0.6])
+    rows = evaluate(tiny, tok, methods, [256], ["niah_single_1"], samples=2, batch_size=2, progress=False)
+    matched = evaluate_matched_topk(
+        tiny, tok, rows, ["niah_single_1"], samples=2, batch_size=2, progress=False
+    )
+    assert [r["label"] for r in matched] == [
+        f"indexer density={matched[0]['target_density']:g} (kept of indexer_topp top_p=0.6)"
+    ]
+    top_p = next(r for r in rows if r["method"] == "indexer_topp")
+    assert matched[0]["density"] == pytest.approx(top_p["density"], abs=0.02)
+    with pytest.raises(ValueError, match="at least one adaptive method"):
+        matched_topk_methods(macro([r for r in rows if r["method"] == "indexer"]), update_sparse_config(tiny))
+
+
+def test_eval_cli_refuses_matched_topk_without_an_adaptive_method(capsys):
+    from hf_sparse_attn.cli import main
+
+    assert main(["eval", "--methods", "dense,indexer", "--matched-topk"]) == 2
+    assert "--matched-topk needs at least one adaptive method" in capsys.readouterr().err

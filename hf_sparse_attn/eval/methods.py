@@ -8,14 +8,18 @@ prefill, stock sdpa on decode steps).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from ..attention import ATTENTION_NAME, _is_compact, dense_attention, sparse_prefill_mask
+from ..config import SparseAttentionConfig
+from ..ops.common import num_blocks
 from ..oracle import token_oracle_attention
 from ..padding import PaddingLayout
+from ..selection import select_blocks
 
 TOKEN_ORACLE_ATTENTION = "sparse_prefill_token_oracle"
 
@@ -35,11 +39,15 @@ METHODS = {
 }
 
 
+ADAPTIVE = ("indexer_topp", "indexer_dual_topp", "retrieval_heads", "patterns_horizontal")
+
+
 @dataclass
 class Method:
     name: str
     changes: dict = field(default_factory=dict)
     target_density: float | None = None
+    matched_to: str | None = None  # label of the method whose kept density this top-k row matches
 
     @property
     def label(self) -> str:
@@ -47,7 +55,50 @@ class Method:
         if self.name == "streaming" and self.target_density is not None:
             values["density"] = self.target_density
         keys = ("density", "top_p", "layer_top_p", "horizontal_threshold", "block_size")
-        return " ".join([self.name] + [f"{k}={values[k]:g}" for k in keys if k in values])
+        label = " ".join([self.name] + [f"{k}={values[k]:g}" for k in keys if k in values])
+        return label if self.matched_to is None else f"{label} (kept of {self.matched_to})"
+
+
+def kept_density_of(config: SparseAttentionConfig, seq_len: int) -> float:
+    """Kept share of the causal blocks of one ``seq_len`` prompt under a ``density`` / ``top_k`` budget
+    (forced sink / local / tail blocks included); it does not depend on the scores."""
+    nb = num_blocks(seq_len, config.block_size)
+    blocks = select_blocks(torch.zeros(1, 1, nb, nb), config, torch.tensor([seq_len]))
+    return float(blocks.density())
+
+
+def density_for_kept(config: SparseAttentionConfig, kept: float, seq_len: int) -> float:
+    """The ``density`` target whose kept density at ``seq_len`` reaches ``kept`` (bisection; the
+    forced blocks make kept > density). Below the forced blocks' share: the smallest target."""
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        at_mid = kept_density_of(
+            replace(config, density=mid, top_k=None, top_p=None, layer_top_p=None), seq_len
+        )
+        lo, hi = (mid, hi) if at_mid < kept else (lo, mid)
+    return max(1e-4, round(hi, 4))
+
+
+def matched_topk_methods(
+    summary: dict[tuple[str, int], dict], config: SparseAttentionConfig
+) -> dict[int, list[Method]]:
+    """Per length, an indexer top-k method at the kept density each adaptive method measured
+    (``runner.macro`` of its rows), so that top-p, dual top-p, retrieval heads and horizontal rows are
+    compared with top-k at equal cost. A method run at another block size is matched at that size."""
+    out: dict[int, list[Method]] = {}
+    for (label, length), s in summary.items():
+        if s["method"] not in ADAPTIVE or s["density"] is None:
+            continue
+        bs = s.get("block_size") or config.block_size
+        d = density_for_kept(replace(config, block_size=bs), s["density"], length)
+        extra = {} if bs == config.block_size else {"block_size": bs}
+        out.setdefault(length, []).append(
+            Method("indexer", {"selector": "indexer", "density": d, **extra}, d, matched_to=label)
+        )
+    if not out:
+        raise ValueError(f"matched top-k rows need at least one adaptive method among {ADAPTIVE}")
+    return out
 
 
 def build_methods(

@@ -17,7 +17,7 @@ import torch
 from ..attention import clear_selections, kept_density_per_layer
 from ..modeling import sparse_config_of, update_sparse_config
 from ..proxy import greedy_answers
-from .methods import Method, attention_name, register_token_oracle, streaming_changes
+from .methods import Method, attention_name, matched_topk_methods, register_token_oracle, streaming_changes
 from .tasks import TASKS, generate, score
 
 EVAL_SEED = 1_000_000
@@ -138,17 +138,38 @@ def _run(model, tokenizer, method: Method, length: int, task: str, samples, batc
     }
 
 
+def evaluate_matched_topk(
+    model: torch.nn.Module,
+    tokenizer,
+    rows: list[dict],
+    tasks: list[str] | None = None,
+    samples: int = 20,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """Rows of the indexer at top-k (density) budgets whose kept density equals what each adaptive
+    method (top-p, dual top-p, retrieval heads, horizontal rows) kept in ``rows``, on the same prompts."""
+    out: list[dict] = []
+    for length, methods in matched_topk_methods(macro(rows), sparse_config_of(model)).items():
+        out += evaluate(model, tokenizer, methods, [length], tasks, samples, batch_size, progress)
+    return out
+
+
 def macro(rows: list[dict]) -> dict[tuple[str, int], dict]:
     """{(label, length): {"accuracy": macro over tasks, "density": mean measured density, ...}}."""
     out: dict[tuple[str, int], dict] = {}
     for r in rows:
-        entry = out.setdefault((r["label"], r["length"]), {"method": r["method"], "acc": [], "dens": []})
+        entry = out.setdefault(
+            (r["label"], r["length"]),
+            {"method": r["method"], "block_size": r.get("block_size"), "acc": [], "dens": []},
+        )
         entry["acc"].append(r["accuracy"])
         if r["density"] is not None:
             entry["dens"].append(r["density"])
     return {
         key: {
             "method": e["method"],
+            "block_size": e["block_size"],
             "accuracy": sum(e["acc"]) / len(e["acc"]),
             "density": sum(e["dens"]) / len(e["dens"]) if e["dens"] else None,
         }
