@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LOG2E = 1.4426950408889634  # the Triton kernels exponentiate with exp2: they take scale x log2(e)
 
 
 def num_blocks(length: int, block_size: int) -> int:
@@ -27,6 +28,12 @@ def sequence_lengths(
     if seq_lens is None:
         return torch.full((batch,), seq_len, dtype=dtype, device=device)
     return seq_lens.to(device=device, dtype=dtype)
+
+
+def unit_last_stride(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors with unit stride along the last dim, which the Triton kernels index as 1: a view
+    that has it passes as is, any other is copied."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
 
 
 def stacked_heads(start: int, rep: int, group_heads: int) -> int:

@@ -13,10 +13,16 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ..common import check_qk, check_scale, num_blocks, sequence_lengths, stacked_heads
+from ..common import (
+    LOG2E,
+    check_qk,
+    check_scale,
+    num_blocks,
+    sequence_lengths,
+    stacked_heads,
+    unit_last_stride,
+)
 from .naive import check_block_list
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -247,7 +253,7 @@ def block_sparse_attention_triton(
         raise ValueError(f"head_dim {D} is not supported by the Triton kernel (16, 32, 64, 128 or 256)")
     Hkv, G = k.shape[1], kv_num_blocks.shape[1]
     rep, group_heads = Hq // Hkv, Hq // G
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    (q,) = unit_last_stride(q)
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     num = kv_num_blocks.to(torch.int32)
     idx = kv_indices.to(torch.int32)

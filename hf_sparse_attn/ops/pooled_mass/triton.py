@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..common import (
+    LOG2E,
     check_groups,
     check_mass_kernel_inputs,
     check_qk,
@@ -31,9 +32,9 @@ from ..common import (
     num_blocks,
     sequence_lengths,
     stacked_heads,
+    unit_last_stride,
 )
 
-LOG2E = 1.4426950408889634
 SCRATCH_ELEMENTS = 1 << 26
 CHUNK = 128
 KB_TILE = 64
@@ -225,7 +226,7 @@ def pooled_attention_mass_triton(
     Hk = k.shape[1]
     rep, group_heads = H // Hk, H // groups
     heads = stacked_heads((128 if d <= 128 else 64) // block_size, rep, group_heads)
-    q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
+    q, k = unit_last_stride(q, k)
     nq = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     out = torch.zeros(B, groups, nq, nq, dtype=torch.float32, device=q.device)

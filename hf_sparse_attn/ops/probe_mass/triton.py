@@ -15,15 +15,16 @@ import triton
 import triton.language as tl
 
 from ..common import (
+    LOG2E,
     check_groups,
     check_mass_kernel_inputs,
     check_qk,
     check_scale,
     num_blocks,
     sequence_lengths,
+    unit_last_stride,
 )
 
-LOG2E = 1.4426950408889634
 ROWS = 64
 
 
@@ -117,7 +118,7 @@ def row_probe_mass_triton(
         raise ValueError(
             f"block size {block_size} is not supported by the Triton kernel (a power of two >= 16)"
         )
-    q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
+    q, k = unit_last_stride(q, k)
     nq = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     out = torch.zeros(B, groups, nq, nq, dtype=torch.float32, device=q.device)

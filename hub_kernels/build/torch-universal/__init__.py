@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
 
 Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with

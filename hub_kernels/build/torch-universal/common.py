@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LOG2E = 1.4426950408889634  # the Triton kernels exponentiate with exp2: they take scale x log2(e)
 
 
 def num_blocks(length: int, block_size: int) -> int:
@@ -23,6 +24,12 @@ def sequence_lengths(
     if seq_lens is None:
         return torch.full((batch,), seq_len, dtype=dtype, device=device)
     return seq_lens.to(device=device, dtype=dtype)
+
+
+def unit_last_stride(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors with unit stride along the last dim, which the Triton kernels index as 1: a view
+    that has it passes as is, any other is copied."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
 
 
 def stacked_heads(start: int, rep: int, group_heads: int) -> int:

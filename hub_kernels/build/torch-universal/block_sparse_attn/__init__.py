@@ -1,1 +1,1 @@
-# Generated from hf_sparse_attn/ops/block_sparse_attn/__init__.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/block_sparse_attn/__init__.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.

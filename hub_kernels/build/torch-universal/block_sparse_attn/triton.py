@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/block_sparse_attn/triton.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/block_sparse_attn/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Triton block-sparse causal GQA attention forward (spec: ``naive.py`` beside this file).
 
 One program = one query block x ``HEADS`` query heads of the same kv head (rows stacked), so each
@@ -14,10 +14,16 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ..common import check_qk, check_scale, num_blocks, sequence_lengths, stacked_heads
+from ..common import (
+    LOG2E,
+    check_qk,
+    check_scale,
+    num_blocks,
+    sequence_lengths,
+    stacked_heads,
+    unit_last_stride,
+)
 from .naive import check_block_list
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -248,7 +254,7 @@ def block_sparse_attention_triton(
         raise ValueError(f"head_dim {D} is not supported by the Triton kernel (16, 32, 64, 128 or 256)")
     Hkv, G = k.shape[1], kv_num_blocks.shape[1]
     rep, group_heads = Hq // Hkv, Hq // G
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    (q,) = unit_last_stride(q)
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     num = kv_num_blocks.to(torch.int32)
     idx = kv_indices.to(torch.int32)

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/decode_mass/triton.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/decode_mass/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Triton decode block mass (spec: ``naive.py`` beside this file).
 
 Two launches, sized from shapes only. The first splits the keys over programs of ``NB`` whole blocks:
@@ -15,10 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import check_scale, num_blocks
+from ..common import LOG2E, check_scale, num_blocks, unit_last_stride
 from .naive import check_decode_mass_inputs
 
-LOG2E = 1.4426950408889634
 TILE_ELEMENTS = 8192
 FOLD_CHUNK = 1024
 
@@ -105,8 +104,7 @@ def decode_block_mass_triton(
     if block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of two for the Triton kernel, got {block_size}")
     B, G, L, d = k_idx.shape
-    q_idx = q_idx if q_idx.stride(-1) == 1 else q_idx.contiguous()
-    k_idx = k_idx if k_idx.stride(-1) == 1 else k_idx.contiguous()
+    q_idx, k_idx = unit_last_stride(q_idx, k_idx)
     nk = num_blocks(L, block_size)
     dp = triton.next_power_of_2(d)
     nb = max(1, TILE_ELEMENTS // (block_size * dp))

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Reference: block-pooled causal attention mass (the spec for the fused Triton kernel).
 
 One routine serves three callers: the distillation teacher and the block oracle (the layer's own

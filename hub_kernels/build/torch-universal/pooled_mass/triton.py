@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Triton block-pooled causal attention mass (spec: ``naive.py`` beside this file).
 
 Two kernels over work units of one query block x ``HEADS`` query heads of one kv head x one chunk of
@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ..common import (
+    LOG2E,
     check_groups,
     check_mass_kernel_inputs,
     check_qk,
@@ -32,9 +33,9 @@ from ..common import (
     num_blocks,
     sequence_lengths,
     stacked_heads,
+    unit_last_stride,
 )
 
-LOG2E = 1.4426950408889634
 SCRATCH_ELEMENTS = 1 << 26
 CHUNK = 128
 KB_TILE = 64
@@ -226,7 +227,7 @@ def pooled_attention_mass_triton(
     Hk = k.shape[1]
     rep, group_heads = H // Hk, H // groups
     heads = stacked_heads((128 if d <= 128 else 64) // block_size, rep, group_heads)
-    q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
+    q, k = unit_last_stride(q, k)
     nq = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     out = torch.zeros(B, groups, nq, nq, dtype=torch.float32, device=q.device)

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/probe_mass/triton.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/probe_mass/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Triton row probe: dense attention mass of each query block's last valid query (spec: ``naive.py``).
 
 One program = one query head x a tile of ``BR`` query blocks' probe rows (rows of different query
@@ -16,15 +16,16 @@ import triton
 import triton.language as tl
 
 from ..common import (
+    LOG2E,
     check_groups,
     check_mass_kernel_inputs,
     check_qk,
     check_scale,
     num_blocks,
     sequence_lengths,
+    unit_last_stride,
 )
 
-LOG2E = 1.4426950408889634
 ROWS = 64
 
 
@@ -118,7 +119,7 @@ def row_probe_mass_triton(
         raise ValueError(
             f"block size {block_size} is not supported by the Triton kernel (a power of two >= 16)"
         )
-    q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
+    q, k = unit_last_stride(q, k)
     nq = num_blocks(S, block_size)
     lens = sequence_lengths(seq_lens, B, S, q.device, torch.int32)
     out = torch.zeros(B, groups, nq, nq, dtype=torch.float32, device=q.device)

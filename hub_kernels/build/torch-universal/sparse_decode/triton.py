@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 186452b61254); do not edit.
+# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
 """Triton block-sparse decode attention (spec: ``naive.py`` beside this file).
 
 Split-KV ("flash decoding"): a decode step has one query per head, far too little work for one
@@ -18,9 +18,7 @@ import triton
 import triton.language as tl
 
 from ..block_sparse_attn.triton import _row_max, _update
-from ..common import check_decode, check_key_mask, check_scale, sequence_lengths
-
-LOG2E = 1.4426950408889634
+from ..common import LOG2E, check_decode, check_key_mask, check_scale, sequence_lengths, unit_last_stride
 
 
 @triton.jit
@@ -210,7 +208,7 @@ def sparse_decode_attention_triton(
     rep = Hq // Hkv
     if rep > 64:
         raise ValueError(f"{rep} query heads per kv head: the decode kernel stacks at most 64")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = unit_last_stride(q, k, v)
     lens = sequence_lengths(seq_lens, B, L, q.device, torch.int32)
     kmask = lens if key_mask is None else check_key_mask(key_mask, B, L).to(torch.uint8)
     num = kv_num_blocks.to(torch.int32)
