@@ -160,7 +160,9 @@ def sparse_prefill_attention(
         elif kv_len < indexer.config.min_sparse_len:
             reason = "decode over a cache shorter than min_sparse_len"
         else:
-            return sparse_decode_step(module, query, key, value, _scaling(query, scaling), key_valid), None
+            return sparse_decode_step(
+                module, query, key, value, softmax_scale(query, scaling), key_valid
+            ), None
     elif q_len != kv_len:
         reason = "decode or chunked prefill"
     elif q_len < indexer.config.min_sparse_len:
@@ -178,7 +180,7 @@ def sparse_prefill_attention(
         raise ValueError(
             "sparse_prefill does not support attention dropout; set config.attention_dropout = 0"
         )
-    scaling = _scaling(query, scaling)
+    scaling = softmax_scale(query, scaling)
     layout = PaddingLayout.from_attention_mask(attention_mask, query)
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = layer_selection(module, q, k, layout.seq_lens)
@@ -201,7 +203,8 @@ def _decode_key_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torc
     return row.expand(batch, kv_len)
 
 
-def _scaling(query: torch.Tensor, scaling: float | None) -> float:
+def softmax_scale(query: torch.Tensor, scaling: float | None) -> float:
+    """The scale the layer passed, else the default 1 / sqrt(head_dim)."""
     return query.shape[-1] ** -0.5 if scaling is None else scaling
 
 

@@ -290,6 +290,7 @@ def _kcache_agreement(args: argparse.Namespace) -> int:
     from .bench import report
     from .eval.kcache_agreement import REFERENCE_ROUNDINGS, kcache_selection_agreement
     from .eval.runner import calibration_prompts
+    from .ops.kcache_quant.naive import FORMATS
     from .proxy import PROXY_DIR, load_proxy
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -297,10 +298,9 @@ def _kcache_agreement(args: argparse.Namespace) -> int:
     prompts = calibration_prompts(tok, args.length, per_task=args.per_task)
     rows = []
     for i, group in enumerate(_ints(args.groups)):
-        for fmt, r in kcache_selection_agreement(model, prompts, group=group).items():
+        formats = (*FORMATS, *REFERENCE_ROUNDINGS) if i == 0 else FORMATS  # the roundings are group-free
+        for fmt, r in kcache_selection_agreement(model, prompts, formats, group).items():
             reference = fmt in REFERENCE_ROUNDINGS
-            if reference and i:  # group-free: one row each
-                continue
             rows.append(
                 {
                     "format": f"{fmt} (reference rounding)" if reference else fmt,

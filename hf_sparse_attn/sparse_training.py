@@ -22,6 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .attention import softmax_scale
 from .config import SparseAttentionConfig
 from .modeling import attention_layers
 from .oracle import oracle_block_scores
@@ -87,7 +88,7 @@ def oracle_sparse_training_attention(
             "oracle-sparse training takes right-padded rows without an attention mask (causal attention "
             "never reads the padding of a right-padded row); call the model without attention_mask"
         )
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scale = softmax_scale(query, scaling)
     mask = oracle_token_mask(query, key, config, scale, getattr(module, "training_seq_lens", None))
     groups = mask.shape[1]
     if groups > 1:

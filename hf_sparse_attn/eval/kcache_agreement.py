@@ -37,10 +37,14 @@ def _degraded(k: torch.Tensor, fmt: str, group: int) -> torch.Tensor:
 
 @torch.no_grad()
 def kcache_selection_agreement(
-    model: torch.nn.Module, prompts: list[torch.Tensor], formats: tuple[str, ...] = FORMATS, group: int = 16
+    model: torch.nn.Module,
+    prompts: list[torch.Tensor],
+    formats: tuple[str, ...] = (*FORMATS, *REFERENCE_ROUNDINGS),
+    group: int = 16,
 ) -> dict[str, dict[str, float]]:
     """{format: {"agreement", "mass_recall", "bytes_per_key", "bf16_bytes_per_key", "compression"}} over all
-    layers and prompts, for each cache format and each of ``REFERENCE_ROUNDINGS``."""
+    layers and prompts, for each of ``formats``: cache formats (quantized in groups of ``group``) and
+    ``REFERENCE_ROUNDINGS`` (which do not depend on the group)."""
     cfg = sparse_config_of(model)
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -58,7 +62,6 @@ def kcache_selection_agreement(
             ix.observer = None
     scale = 1.0 / math.sqrt(cfg.indexer_dim)
     forced_only = replace(cfg, top_k=1, density=None, top_p=None, layer_top_p=None)
-    formats = (*formats, *REFERENCE_ROUNDINGS)
     hits = {f: 0.0 for f in formats}
     mass = {f: 0.0 for f in formats}
     total = total_mass = 0.0
