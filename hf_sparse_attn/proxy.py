@@ -118,10 +118,18 @@ class ProxyTrainingConfig:
     sparse_fraction: float = 0.0
     sparse_density: tuple[float, float] = (0.03, 0.12)
     sparse_min_len: int = 2048
+    sparse_random_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparse_fraction <= 1.0:
             raise ValueError(f"sparse_fraction is a share of the steps in [0, 1], got {self.sparse_fraction}")
+        if not 0.0 <= self.sparse_random_share <= 1.0:
+            raise ValueError(
+                f"sparse_random_share is a share of the sparse steps in [0, 1], got {self.sparse_random_share}"
+            )
+        unknown = sorted(set(self.task_weights) - set(TASK_WEIGHTS))
+        if unknown:
+            raise ValueError(f"task_weights names unknown tasks {unknown}; known: {sorted(TASK_WEIGHTS)}")
         lo, hi = self.sparse_density
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(
@@ -134,13 +142,15 @@ class ProxyTrainingConfig:
         A ``sparse_fraction`` of the steps, drawn from (seed, step), run each layer on the blocks its
         dense attention ranks highest, at a density drawn from ``sparse_density``; selection rules
         are the shipped indexer's (blocks of 64, one sink, two local blocks, dense last block, one
-        selection for all heads).
+        selection for all heads). A ``sparse_random_share`` of those steps draws the blocks at random
+        instead: the prompt's rows then miss blocks they would have used, which teaches them not to
+        depend on attention spread over the whole context (the dense last block still retrieves).
         """
         rng = random.Random(self.seed * 7919 + step)
         if rng.random() >= self.sparse_fraction:
             return None
         return SparseAttentionConfig(
-            selector="oracle",
+            selector="random" if rng.random() < self.sparse_random_share else "oracle",
             density=rng.uniform(*self.sparse_density),
             dense_tail_blocks=1,
             min_sparse_len=self.sparse_min_len,

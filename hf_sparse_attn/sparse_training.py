@@ -25,6 +25,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from .attention import softmax_scale
 from .config import SparseAttentionConfig
 from .modeling import attention_layers
+from .ops.common import num_blocks
 from .oracle import oracle_block_scores
 from .selection import select_blocks
 
@@ -39,14 +40,19 @@ def oracle_token_mask(
     scale: float,
     seq_lens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal token mask [B, G, S, S] of the blocks ``config`` selects by the dense attention mass.
+    """Causal token mask [B, G, S, S] of the blocks ``config`` selects by the dense attention mass
+    (``selector="random"``: by uniform random scores, from torch's global generator).
 
     ``seq_lens`` [B] are the rows' lengths before right padding (None: unpadded): the dense tail is
     each row's own last block, and padding queries attend causally (no row is fully masked)."""
     B, _, S, _ = q.shape
     bs = config.block_size
     lens = torch.full((B,), S, device=q.device, dtype=torch.long) if seq_lens is None else seq_lens
-    scores = oracle_block_scores(q, k, bs, scale, config.indexer_heads, lens)
+    if config.selector == "random":
+        nb = num_blocks(S, bs)
+        scores = torch.rand(B, config.indexer_heads, nb, nb, device=q.device)
+    else:
+        scores = oracle_block_scores(q, k, bs, scale, config.indexer_heads, lens)
     blocks = select_blocks(scores, config, lens, check_lengths=False).to_dense()
     tokens = blocks.repeat_interleave(bs, dim=-2)[..., :S, :].repeat_interleave(bs, dim=-1)[..., :S]
     padding_rows = torch.arange(S, device=q.device)[None, :] >= lens[:, None]

@@ -3,14 +3,21 @@
 python recipes/train_proxy.py --output-dir proxy-qwen3                  # on a GPU (~8 min on an H100)
 python recipes/train_proxy.py --smoke                                   # CPU check of the loop
 
-Sparse-aware continuation of a trained proxy; the bundled v4 is v2 plus these three stages (the
-first two on an H200, the third on an H100):
+Sparse-aware continuation of a trained proxy; the bundled v5 is v2 plus these five stages (the
+first two on an H200, the others on an H100):
 python recipes/train_proxy.py --output-dir stage1 --init-from proxy-v2 --sparse-fraction 0.5 \
     --train-len 8192 --min-len 1024 --learning-rate 4e-4 --warmup-steps 50 --time-budget 320 --steps 100000
 python recipes/train_proxy.py --output-dir proxy-v3 --init-from stage1 --sparse-fraction 0.75 \
     --train-len 8192 --min-len 2048 --learning-rate 3e-4 --warmup-steps 30 --time-budget 390 --steps 100000
 python recipes/train_proxy.py --output-dir proxy-v4 --init-from proxy-v3 --sparse-fraction 0.75 \
     --train-len 8192 --min-len 4096 --learning-rate 2e-4 --warmup-steps 30 --time-budget 420 --steps 100000
+W="--task-weight niah_multivalue=2 --task-weight niah_multiquery=2 --task-weight niah_multikey_2=1.5"
+python recipes/train_proxy.py --output-dir stage4 --init-from proxy-v4 --sparse-fraction 0.75 \
+    --sparse-random-share 0.33 $W --train-len 8192 --min-len 3072 --learning-rate 2e-4 --warmup-steps 30 \
+    --time-budget 360 --steps 100000
+python recipes/train_proxy.py --output-dir proxy-v5 --init-from stage4 --sparse-fraction 0.6 \
+    --sparse-random-share 0.33 $W --train-len 8192 --min-len 4096 --learning-rate 1.5e-4 --warmup-steps 20 \
+    --time-budget 320 --steps 100000
 
 On a machine whose calls are time-limited, split one schedule over calls:
 python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500
@@ -22,7 +29,7 @@ import json
 
 import torch
 
-from hf_sparse_attn.proxy import ProxyTrainingConfig, train_proxy
+from hf_sparse_attn.proxy import TASK_WEIGHTS, ProxyTrainingConfig, train_proxy
 
 
 def main() -> None:
@@ -39,6 +46,19 @@ def main() -> None:
         default=ProxyTrainingConfig.sparse_fraction,
         help="share of steps run on each layer's block-oracle selection (sparse-aware training)",
     )
+    p.add_argument(
+        "--sparse-random-share",
+        type=float,
+        default=ProxyTrainingConfig.sparse_random_share,
+        help="share of the sparse-aware steps whose blocks are drawn at random instead of by the oracle",
+    )
+    p.add_argument(
+        "--task-weight",
+        action="append",
+        default=[],
+        metavar="TASK=W",
+        help="sampling weight of one task (repeatable; the others keep TASK_WEIGHTS)",
+    )
     p.add_argument("--tokens-per-step", type=int, default=ProxyTrainingConfig.tokens_per_step)
     p.add_argument("--learning-rate", type=float, default=ProxyTrainingConfig.learning_rate)
     p.add_argument("--prompt-loss-weight", type=float, default=ProxyTrainingConfig.prompt_loss_weight)
@@ -49,6 +69,12 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/resume.pt")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
+    weights = dict(TASK_WEIGHTS)
+    for item in args.task_weight:
+        task, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--task-weight takes TASK=W, got {item!r}")
+        weights[task] = float(value)
     cfg = ProxyTrainingConfig(
         steps=args.steps,
         train_len=args.train_len,
@@ -56,6 +82,8 @@ def main() -> None:
         warmup_steps=args.warmup_steps,
         init_from=args.init_from,
         sparse_fraction=args.sparse_fraction,
+        sparse_random_share=args.sparse_random_share,
+        task_weights=weights,
         tokens_per_step=args.tokens_per_step,
         learning_rate=args.learning_rate,
         prompt_loss_weight=args.prompt_loss_weight,

@@ -209,6 +209,22 @@ def test_rendered_repo_files_and_card(hub):
     assert "| qwen3-8b | 128K |" in card and "$" not in card.split("---")[2][:50]
 
 
+def test_rendered_tokenizer_config_drops_the_options_of_an_offline_load(hub, tmp_path):
+    model_dir = tmp_path / "trained"
+    shutil.copytree(hub["tmp"] / "base", model_dir)
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(config | {"is_local": True, "local_files_only": True}))
+    render_repo(tmp_path / "out", hub["tmp"] / "indexer", "test-org/tiny-base", model_dir=model_dir)
+    rendered = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert rendered == config  # everything else kept
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["_name_or_path"] == "test-org/tiny-base"
+    bundled = json.loads((ROOT / "hf_sparse_attn/assets/proxy-qwen3/tokenizer_config.json").read_text())
+    assert not {"is_local", "local_files_only"} & set(bundled)
+    bundled = json.loads((ROOT / "hf_sparse_attn/assets/proxy-qwen3/config.json").read_text())
+    assert bundled["_name_or_path"] == "proxy-qwen3"
+
+
 @pytest.mark.parametrize("folder", ["modeling", "hf_sparse_attn/assets/proxy-qwen3"])
 def test_checked_in_modeling_file_is_current(folder):
     assert (ROOT / folder / MODELING_FILE).read_text() == render_modeling_file(), (

@@ -112,6 +112,40 @@ def test_step_sparsity_is_seeded_and_follows_the_fraction():
         ProxyTrainingConfig(sparse_density=(0.2, 0.1))
 
 
+def test_random_share_draws_a_share_of_the_sparse_steps_at_random():
+    cfg = ProxyTrainingConfig(sparse_fraction=1.0, sparse_random_share=0.25)
+    selectors = [cfg.sparsity_at(step).selector for step in range(400)]
+    assert set(selectors) == {"oracle", "random"} and 60 < selectors.count("random") < 140
+    with pytest.raises(ValueError, match="share of the sparse steps"):
+        ProxyTrainingConfig(sparse_random_share=-0.1)
+    with pytest.raises(ValueError, match="unknown tasks \\['nope'\\]"):
+        ProxyTrainingConfig(task_weights={"nope": 1.0})
+
+
+def test_random_selection_keeps_the_forced_blocks_and_the_budget_but_not_the_oracle_blocks():
+    n = 250  # 16 blocks of 16, the last one partial
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(B, HQ, n, D, generator=g), torch.randn(B, HKV, n, D, generator=g)
+    oracle = oracle_token_mask(q, k, _config(density=0.5), 0.25)
+    torch.manual_seed(0)
+    rand = oracle_token_mask(q, k, _config(density=0.5, selector="random"), 0.25)
+    assert rand.shape == oracle.shape == (B, 1, n, n)
+    assert not torch.equal(rand, oracle)
+    rand_blocks, oracle_blocks = _block_view(rand, 16), _block_view(oracle, 16)  # [B, nb, nb]
+    for qb in range(rand_blocks.shape[1] - 1):  # the last query block is the dense tail
+        picked = rand_blocks[:, qb, : qb + 1]
+        assert picked[:, 0].all() and picked[:, max(0, qb - 1) :].all()  # sink + two local blocks
+        assert torch.equal(picked.sum(-1), oracle_blocks[:, qb].sum(-1))  # the same budget
+
+
+def _block_view(mask: torch.Tensor, bs: int) -> torch.Tensor:
+    """[B, 1, S, S] token mask -> [B, nb, nb]: does a query block attend to any key of a key block."""
+    n = mask.shape[-1]
+    nb = -(-n // bs)
+    padded = torch.nn.functional.pad(mask[:, 0], (0, nb * bs - n, 0, nb * bs - n))
+    return padded.view(mask.shape[0], nb, bs, nb, bs).any(2).any(-1)
+
+
 def test_sparse_aware_continuation_trains_from_a_checkpoint(tmp_path, monkeypatch):
     import hf_sparse_attn.sparse_training as st
 

@@ -96,6 +96,7 @@ def render_repo(
         }
     )
     config.pop("_attn_implementation_autoset", None)
+    config["_name_or_path"] = repo_name or base_model  # not the directory it was rendered from
     if model_dir is None:
         config["base_model"] = {"id": base_model, "revision": base_revision or "main"}
     else:
@@ -133,6 +134,9 @@ def render_repo(
     return out
 
 
+TOKENIZER_LOADING_OPTIONS = ("is_local", "local_files_only", "cache_dir", "force_download", "token")
+
+
 def _copy_tokenizer(
     model_dir: Path | None, base_model: str, base_revision: str | None, out: Path, hub: dict
 ) -> None:
@@ -140,6 +144,7 @@ def _copy_tokenizer(
         for name in TOKENIZER_FILES:
             if (model_dir / name).exists():
                 shutil.copy(model_dir / name, out / name)
+        _drop_loading_options(out / "tokenizer_config.json")
         return
     from transformers import AutoTokenizer
     from transformers.utils import cached_file
@@ -158,6 +163,18 @@ def _copy_tokenizer(
         )
         return
     AutoTokenizer.from_pretrained(base_model, revision=base_revision, **hub).save_pretrained(out)
+    _drop_loading_options(out / "tokenizer_config.json")
+
+
+def _drop_loading_options(path: Path) -> None:
+    """Remove the options of the load that produced a tokenizer_config.json (an offline load writes
+    ``local_files_only: true``, which would stop the published repo's users from downloading)."""
+    if not path.exists():
+        return
+    config = json.loads(path.read_text())
+    kept = {k: v for k, v in config.items() if k not in TOKENIZER_LOADING_OPTIONS}
+    if kept != config:
+        path.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
 
 
 def push(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
