@@ -288,18 +288,21 @@ def _kcache_agreement(args: argparse.Namespace) -> int:
     import torch
 
     from .bench import report
-    from .eval.kcache_agreement import REFERENCE_ROUNDINGS, kcache_selection_agreement
+    from .eval.kcache_agreement import REFERENCE_ROUNDINGS, capture_indexer_qk, selection_agreement
     from .eval.runner import calibration_prompts
+    from .modeling import sparse_config_of
     from .ops.kcache_quant.naive import FORMATS
     from .proxy import PROXY_DIR, load_proxy
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_proxy(args.model or str(PROXY_DIR), device)
     prompts = calibration_prompts(tok, args.length, per_task=args.per_task)
+    captured = capture_indexer_qk(model, prompts)
+    config = sparse_config_of(model)
     rows = []
     for i, group in enumerate(_ints(args.groups)):
         formats = (*FORMATS, *REFERENCE_ROUNDINGS) if i == 0 else FORMATS  # the roundings are group-free
-        for fmt, r in kcache_selection_agreement(model, prompts, formats, group).items():
+        for fmt, r in selection_agreement(captured, config, formats, group).items():
             reference = fmt in REFERENCE_ROUNDINGS
             rows.append(
                 {

@@ -90,20 +90,28 @@ def test_triton_kernels_reject_sizes_they_cannot_run():
         )
 
 
-def test_kcache_agreement_cli_writes_a_table(tmp_path, capsys):
+def test_kcache_agreement_cli_writes_a_table(tmp_path, capsys, monkeypatch):
     import json
 
+    import hf_sparse_attn.eval.kcache_agreement as agreement
     from hf_sparse_attn.cli import main
 
     assert main(["kcache-agreement", "--length", "512", "--groups", "16", "--out", str(tmp_path)]) == 2
     assert "use longer prompts" in capsys.readouterr().err
-    assert main(["kcache-agreement", "--length", "2048", "--groups", "16", "--out", str(tmp_path)]) == 0
+    captures = []
+    real = agreement.capture_indexer_qk
+    monkeypatch.setattr(agreement, "capture_indexer_qk", lambda *a: captures.append(1) or real(*a))
+    assert main(["kcache-agreement", "--length", "2048", "--groups", "16,8", "--out", str(tmp_path)]) == 0
+    assert captures == [1]  # one model forward per prompt serves both group sizes
     rows = json.loads((tmp_path / "kcache_agreement.json").read_text())["rows"]
     assert [(r["format"], r["group"], r["prompts"]) for r in rows] == [
         ("int4", 16, 11),
         ("fp4", 16, 11),
         ("bf16 (reference rounding)", "-", 11),
         ("fp8_e4m3 (reference rounding)", "-", 11),
+        ("int4", 8, 11),
+        ("fp4", 8, 11),
     ]
+    assert rows[4]["bytes_per_key"] > rows[0]["bytes_per_key"]  # a scale per 8 values instead of 16
     assert all(0.5 < r["agreement"] <= r["mass_recall"] <= 1.0 for r in rows)
     assert "mass_recall" in (tmp_path / "kcache_agreement.md").read_text()

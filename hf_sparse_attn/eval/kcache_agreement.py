@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import torch
 
+from ..config import SparseAttentionConfig
 from ..modeling import indexers, sparse_config_of
 from ..ops import pooled_attention_mass
 from ..ops.kcache_quant.naive import FORMATS, bytes_per_vector, dequantize, quantize
@@ -45,7 +46,14 @@ def kcache_selection_agreement(
     """{format: {"agreement", "mass_recall", "bytes_per_key", "bf16_bytes_per_key", "compression"}} over all
     layers and prompts, for each of ``formats``: cache formats (quantized in groups of ``group``) and
     ``REFERENCE_ROUNDINGS`` (which do not depend on the group)."""
-    cfg = sparse_config_of(model)
+    return selection_agreement(capture_indexer_qk(model, prompts), sparse_config_of(model), formats, group)
+
+
+@torch.no_grad()
+def capture_indexer_qk(
+    model: torch.nn.Module, prompts: list[torch.Tensor]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(indexer queries, indexer keys) of every indexed layer and prompt, from one dense forward each."""
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def observe(module, query, key, attention_mask):
@@ -60,6 +68,17 @@ def kcache_selection_agreement(
     finally:
         for ix in found.values():
             ix.observer = None
+    return captured
+
+
+@torch.no_grad()
+def selection_agreement(
+    captured: list[tuple[torch.Tensor, torch.Tensor]],
+    cfg: SparseAttentionConfig,
+    formats: tuple[str, ...] = (*FORMATS, *REFERENCE_ROUNDINGS),
+    group: int = 16,
+) -> dict[str, dict[str, float]]:
+    """``kcache_selection_agreement`` on captured indexer q/k: one capture serves every group size."""
     scale = 1.0 / math.sqrt(cfg.indexer_dim)
     forced_only = replace(cfg, top_k=1, density=None, top_p=None, layer_top_p=None)
     hits = {f: 0.0 for f in formats}
