@@ -383,12 +383,16 @@ def greedy_answers(
     return outputs
 
 
+KERNEL_RESULTS = Path(__file__).resolve().parents[1] / "results" / "kernels"  # in a source checkout
+
+
 def bundle_proxy(trained_dir: str | os.PathLike, out_dir: str | os.PathLike = PROXY_DIR) -> Path:
     """Render a trained + distilled proxy directory as the package's embedded default (Hub layout).
 
     The same ``render_repo`` as ``hf-sparse-attn publish --model-dir``: config with ``auto_map``,
-    the generated modeling file, weights, indexer, tokenizer, model card, plus the training and
-    distillation summaries that the numbers in the docs come from.
+    the generated modeling file, weights, indexer, tokenizer, model card (its speed table from the
+    checkout's ``results/kernels``), plus the training and distillation summaries that the numbers
+    in the docs come from.
     """
     from .hub.publish import render_repo
 
@@ -396,7 +400,12 @@ def bundle_proxy(trained_dir: str | os.PathLike, out_dir: str | os.PathLike = PR
     if out.exists():
         shutil.rmtree(out)
     render_repo(
-        out, trained, base_model="hf-sparse-attn/proxy-qwen3", model_dir=trained, repo_name="proxy-qwen3"
+        out,
+        trained,
+        base_model="hf-sparse-attn/proxy-qwen3",
+        model_dir=trained,
+        repo_name="proxy-qwen3",
+        results_dir=KERNEL_RESULTS,
     )
     for name in ("training_summary.json", "distill_summary.json"):
         if (trained / name).exists():
