@@ -14,6 +14,8 @@ tokenizer files, generation_config.json).
 ``init_from`` + ``sparse_fraction`` continue a trained proxy sparse-aware: that share of the steps
 runs every layer on its block oracle's selection (``sparse_training``), so the proxy's attention
 concentrates on few blocks as a pretrained LLM's does, and block selection can be judged on it.
+``sparse_random_share`` runs part of those steps on random blocks, so the prompt's rows stop relying
+on attention spread over the whole context (what cost proxy v4 its block-oracle accuracy).
 """
 
 from __future__ import annotations
