@@ -132,6 +132,11 @@ class ProxyTrainingConfig:
         unknown = sorted(set(self.task_weights) - set(TASK_WEIGHTS))
         if unknown:
             raise ValueError(f"task_weights names unknown tasks {unknown}; known: {sorted(TASK_WEIGHTS)}")
+        bad = {t: w for t, w in self.task_weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad or not sum(self.task_weights.values()) > 0:
+            raise ValueError(
+                f"task_weights must be finite and >= 0 with a positive sum, got {bad or self.task_weights}"
+            )
         lo, hi = self.sparse_density
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(

@@ -71,10 +71,11 @@ def main() -> None:
     args = p.parse_args()
     weights = dict(TASK_WEIGHTS)
     for item in args.task_weight:
-        task, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--task-weight takes TASK=W, got {item!r}")
-        weights[task] = float(value)
+        task, _, value = item.partition("=")
+        try:
+            weights[task] = float(value)
+        except ValueError:
+            p.error(f"--task-weight takes TASK=W with W a number, got {item!r}")
     cfg = ProxyTrainingConfig(
         steps=args.steps,
         train_len=args.train_len,

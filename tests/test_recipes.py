@@ -43,3 +43,23 @@ def test_recipe_requires_training_data():
 
     with pytest.raises(ValueError, match="choose training data"):
         _dataset(args, None, None)
+
+
+def test_train_proxy_recipe_passes_random_share_and_task_weights(tmp_path):
+    script = str(ROOT / "recipes" / "train_proxy.py")
+    out = tmp_path / "proxy"
+    args = ["--smoke", "--output-dir", str(out), "--sparse-fraction", "1", "--sparse-random-share", "0.5"]
+    proc = subprocess.run(
+        [sys.executable, script, *args, "--task-weight", "niah_multivalue=2.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((out / "training_summary.json").read_text())["config"]
+    assert config["sparse_random_share"] == 0.5 and config["task_weights"]["niah_multivalue"] == 2.5
+    assert config["task_weights"]["vt"] == 1.5  # the others keep their defaults
+    bad = subprocess.run(
+        [sys.executable, script, "--smoke", "--task-weight", "vt"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "TASK=W with W a number" in bad.stderr

@@ -120,6 +120,10 @@ def test_random_share_draws_a_share_of_the_sparse_steps_at_random():
         ProxyTrainingConfig(sparse_random_share=-0.1)
     with pytest.raises(ValueError, match="unknown tasks \\['nope'\\]"):
         ProxyTrainingConfig(task_weights={"nope": 1.0})
+    with pytest.raises(ValueError, match="finite and >= 0.*'vt': -1.0"):
+        ProxyTrainingConfig(task_weights={"vt": -1.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        ProxyTrainingConfig(task_weights={"vt": 0.0})
 
 
 def test_random_selection_keeps_the_forced_blocks_and_the_budget_but_not_the_oracle_blocks():
