@@ -108,6 +108,7 @@ def render_repo(
                 shutil.copy(path, out / path.name)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     _copy_tokenizer(Path(model_dir) if model_dir else None, base_model, base_revision, out, hub)
+    _drop_loading_options(out / "tokenizer_config.json")
     write_modeling_file(out)
     name, value = sparse.budget
     card = Template((Path(__file__).parent / "model_card.md").read_text()).substitute(
@@ -144,7 +145,6 @@ def _copy_tokenizer(
         for name in TOKENIZER_FILES:
             if (model_dir / name).exists():
                 shutil.copy(model_dir / name, out / name)
-        _drop_loading_options(out / "tokenizer_config.json")
         return
     from transformers import AutoTokenizer
     from transformers.utils import cached_file
@@ -163,7 +163,6 @@ def _copy_tokenizer(
         )
         return
     AutoTokenizer.from_pretrained(base_model, revision=base_revision, **hub).save_pretrained(out)
-    _drop_loading_options(out / "tokenizer_config.json")
 
 
 def _drop_loading_options(path: Path) -> None:
