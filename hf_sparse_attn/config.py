@@ -19,8 +19,8 @@ class SparseAttentionConfig:
     """How each full-attention layer picks and attends to key blocks during prefill.
 
     Budget: exactly one of ``top_k`` (blocks per query block), ``density`` (fraction of the causal
-    blocks of each query block) or ``top_p`` (smallest set of blocks holding this share of the
-    selector's mass). With none given, ``density=0.1``. Sink and local blocks are always kept on top
+    blocks of each query block) or ``top_p`` (smallest set of the non-forced candidate blocks holding
+    this share of their selector mass: see ``selection``). With none given, ``density=0.1``. Sink and local blocks are always kept on top
     of the budget rule and count towards it, as are all causal blocks of the last
     ``dense_tail_blocks`` query blocks of each sequence: the prompt's final positions produce the
     first generated token, and computing them densely costs one block row (1/n of the causal blocks

@@ -93,21 +93,32 @@ def test_selection_density_counts():
         assert int(blocks.kv_num_blocks[0, 0, i]) == max(min(i + 1, 2), math.ceil((i + 1) * 0.25))
 
 
-def test_selection_top_p_is_smallest_set_reaching_p():
+def test_selection_top_p_is_smallest_candidate_set_reaching_p():
     nb, p = 16, 0.6
     scores = _scores(1, 1, nb, seed=5)
     blocks = select_blocks(
         scores, SparseAttentionConfig(block_size=16, top_p=p, sink_blocks=0, local_blocks=1)
     )
-    for i in range(nb):
-        chosen = blocks.kv_indices[0, 0, i, : blocks.kv_num_blocks[0, 0, i]]
-        row = scores[0, 0, i, : i + 1]
-        mass = row[chosen].sum()
-        others = sorted(set(range(i)) - set(chosen.tolist()), key=lambda j: -float(row[j]))
-        assert mass >= p - 1e-6 or not others
-        if len(chosen) > 1:
-            smallest = min((j for j in chosen.tolist() if j != i), key=lambda j: float(row[j]))
-            assert mass - row[smallest] < p
+    for i in range(1, nb):
+        chosen = set(blocks.kv_indices[0, 0, i, : blocks.kv_num_blocks[0, 0, i]].tolist())
+        assert i in chosen  # the local block, forced
+        row = scores[0, 0, i, :i] / scores[0, 0, i, :i].sum()  # candidates: the forced block left out
+        picked = sorted(chosen - {i}, key=lambda j: float(row[j]))
+        assert all(row[j] <= row[min(picked, key=lambda j: float(row[j]))] for j in set(range(i)) - chosen)
+        assert row[picked].sum() >= p - 1e-6
+        assert row[picked[1:]].sum() < p  # dropping the smallest pick falls short: smallest set
+
+
+def test_selection_top_p_ignores_the_forced_blocks_mass():
+    # Sink and local blocks hold 90% of the row; block 3 holds most of the rest. Counting the forced
+    # mass first would stop at the forced blocks and drop the one long-range block that matters.
+    row = torch.tensor([0.5, 0.01, 0.02, 0.06, 0.01, 0.4])
+    scores = torch.zeros(1, 1, 6, 6)
+    scores[0, 0, 5] = row
+    cfg = SparseAttentionConfig(block_size=16, top_p=0.5, sink_blocks=1, local_blocks=1)
+    blocks = select_blocks(scores, cfg)
+    assert blocks.kv_indices[0, 0, 5, : blocks.kv_num_blocks[0, 0, 5]].tolist() == [0, 3, 5]
+    assert blocks.kv_num_blocks[0, 0, 2].tolist() == 2  # no candidate mass: the forced blocks only
 
 
 def test_selection_respects_padded_lengths():
