@@ -3,7 +3,7 @@
 python recipes/train_proxy.py --output-dir proxy-qwen3                  # on a GPU (~8 min on an H100)
 python recipes/train_proxy.py --smoke                                   # CPU check of the loop
 
-Sparse-aware continuation of a trained proxy; the bundled v5 is v2 plus these five stages (the
+Sparse-aware continuation of a trained proxy; the bundled v6 is v2 plus these eight stages (the
 first two on an H200, the others on an H100):
 python recipes/train_proxy.py --output-dir stage1 --init-from proxy-v2 --sparse-fraction 0.5 \
     --train-len 8192 --min-len 1024 --learning-rate 4e-4 --warmup-steps 50 --time-budget 320 --steps 100000
@@ -18,6 +18,11 @@ python recipes/train_proxy.py --output-dir stage4 --init-from proxy-v4 --sparse-
 python recipes/train_proxy.py --output-dir proxy-v5 --init-from stage4 --sparse-fraction 0.6 \
     --sparse-random-share 0.33 $W --train-len 8192 --min-len 4096 --learning-rate 1.5e-4 --warmup-steps 20 \
     --time-budget 320 --steps 100000
+for stage in 6 7 8; do  # three repeats of one stage: half of the sparse steps on random blocks
+  python recipes/train_proxy.py --output-dir stage$stage --init-from $PREVIOUS --sparse-fraction 0.7 \
+      --sparse-random-share 0.5 $W --train-len 8192 --min-len 4096 --learning-rate 1e-4 --warmup-steps 30 \
+      --time-budget 330 --steps 100000
+done  # PREVIOUS: proxy-v5, then stage6, stage7; stage8 is proxy-v6
 
 On a machine whose calls are time-limited, split one schedule over calls:
 python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500
