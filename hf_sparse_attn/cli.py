@@ -56,6 +56,36 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
 
+NOT_SETTABLE = {
+    "selector": "each method sets it (--methods)",
+    "top_k": "each method sets its budget (--densities)",
+    "density": "each method sets its budget (--densities)",
+    "top_p": "each method sets its budget (--top-ps)",
+    "layer_top_p": "indexer_dual_topp sets it (--layer-top-p)",
+    "min_sparse_len": "eval sets it to half the shortest of --lengths, so that every length runs sparse",
+}
+
+
+def _config_override(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` of ``eval --set``: a sparse-config field and its JSON value (bare words are strings)."""
+    import dataclasses
+
+    from .config import SparseAttentionConfig
+
+    field, sep, raw = text.partition("=")
+    known = sorted(f.name for f in dataclasses.fields(SparseAttentionConfig) if f.name != "format_version")
+    if not sep or field not in known:
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=VALUE with FIELD one of {', '.join(known)}; got {text!r}"
+        )
+    if field in NOT_SETTABLE:
+        raise argparse.ArgumentTypeError(f"{field} cannot be set here: {NOT_SETTABLE[field]}")
+    try:
+        return field, json.loads(raw)
+    except json.JSONDecodeError:
+        return field, raw
+
+
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -239,6 +269,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .eval.methods import ADAPTIVE, build_methods
     from .eval.runner import calibration_prompts, evaluate, evaluate_matched_topk, macro, write_report
+    from .modeling import update_sparse_config
     from .proxy import PROXY_DIR, load_proxy
     from .retrieval_heads import find_retrieval_heads
 
@@ -250,6 +281,9 @@ def _eval(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_dir = args.model or str(PROXY_DIR)
     model, tok = load_proxy(model_dir, device)
+    overrides = dict(args.set or [])
+    if overrides:
+        update_sparse_config(model, **overrides)
     heads = None
     if "retrieval_heads" in names:
         prompts = calibration_prompts(tok, min(_ints(args.lengths)))
@@ -275,6 +309,7 @@ def _eval(args: argparse.Namespace) -> int:
         "samples_per_task": args.samples,
         "lengths": args.lengths,
         **({"retrieval_heads": heads} if heads else {}),
+        **({"config_overrides": overrides} if overrides else {}),
     }
     paths = write_report(rows, args.out, meta)
     for (label, length), s in macro(rows).items():
@@ -445,6 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(indexer_topp, indexer_dual_topp, retrieval_heads, patterns_horizontal): equal-cost rows",
     )
     ev.add_argument("--block-sizes", default=None, help="comma list to sweep block sizes (default: model's)")
+    ev.add_argument(
+        "--set",
+        action="append",
+        type=_config_override,
+        metavar="FIELD=VALUE",
+        help="change a sparse-config field for every method, e.g. --set dense_tail_blocks=0 "
+        "--set local_blocks=1 (repeatable; budgets and selectors come from the method flags)",
+    )
     ev.add_argument("--lengths", default="4096,8192,16384", help="prompt lengths in tokens")
     ev.add_argument("--tasks", default="all")
     ev.add_argument("--samples", type=int, default=20, help="prompts per (task, length)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -208,3 +209,57 @@ def test_eval_cli_refuses_matched_topk_without_an_adaptive_method(capsys):
 
     assert main(["eval", "--methods", "dense,indexer", "--matched-topk"]) == 2
     assert "--matched-topk needs at least one adaptive method" in capsys.readouterr().err
+
+
+def test_eval_cli_set_changes_the_config_of_every_method(tmp_path):
+    from transformers import AutoTokenizer
+
+    from hf_sparse_attn.cli import main
+    from hf_sparse_attn.eval.methods import kept_density_of
+    from hf_sparse_attn.eval.runner import EVAL_SEED
+    from hf_sparse_attn.eval.tasks import generate
+    from hf_sparse_attn.proxy import PROXY_DIR
+
+    base = SparseAttentionConfig.from_pretrained(PROXY_DIR)
+    args = ["eval", "--methods", "block_oracle", "--densities", "0.1", "--lengths", "512"]
+    args += ["--tasks", "niah_single_1", "--samples", "1", "--device", "cpu"]
+    for name, extra in (
+        ("shipped", []),
+        ("set", ["--set", "dense_tail_blocks=0", "--set", "local_blocks=1"]),
+    ):
+        assert main(args + ["--out", str(tmp_path / name)] + extra) == 0
+    shipped, changed = (json.loads((tmp_path / n / "eval.json").read_text()) for n in ("shipped", "set"))
+    assert "config_overrides" not in shipped["meta"]
+    assert changed["meta"]["config_overrides"] == {"dense_tail_blocks": 0, "local_blocks": 1}
+    tok = AutoTokenizer.from_pretrained(PROXY_DIR)
+    prompt = tok.bos_token + generate("niah_single_1", tok, 512, seed=EVAL_SEED).prompt
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])  # what the prefill saw
+    for report, cfg in ((shipped, base), (changed, replace(base, dense_tail_blocks=0, local_blocks=1))):
+        expected = kept_density_of(replace(cfg, density=0.1, top_k=None, top_p=None), n)
+        assert report["rows"][0]["density"] == pytest.approx(expected)
+    assert changed["rows"][0]["density"] < shipped["rows"][0]["density"]
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("bogus=1", "FIELD one of"),
+        ("dense_tail_blocks", "FIELD one of"),
+        ("density=0.2", "density cannot be set here"),
+        ("min_sparse_len=64", "min_sparse_len cannot be set here"),
+    ],
+)
+def test_eval_cli_set_rejects_unknown_and_per_method_fields(setting, message, capsys):
+    from hf_sparse_attn.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--set", setting])
+    assert message in capsys.readouterr().err
+
+
+def test_eval_cli_set_rejects_architecture_fields(capsys, tmp_path):
+    from hf_sparse_attn.cli import main
+
+    args = ["eval", "--methods", "dense", "--lengths", "512", "--samples", "1", "--tasks", "niah_single_1"]
+    assert main(args + ["--device", "cpu", "--set", "indexer_dim=32", "--out", str(tmp_path)]) == 2
+    assert "change the indexer architecture" in capsys.readouterr().err
