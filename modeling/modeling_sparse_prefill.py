@@ -825,8 +825,8 @@ head-averaged attention (per selection group) is decomposed into
 
 and every causal (query block, key block) cell is scored ``vertical[kb] + slash[qb - kb]``. The
 scores go through ``select_blocks`` like any selector: ``top_p`` keeps the blocks covering that
-share of the estimated mass (a bound on the estimated error vs dense), ``density`` / ``top_k`` meet
-a fixed cost. It needs no trained weights, so it runs on any checkpoint.
+share of the estimated mass outside the forced blocks, so at most ``1 - top_p`` of the estimate is
+dropped (a bound on the estimated error vs dense); ``density`` / ``top_k`` meet a fixed cost. It needs no trained weights, so it runs on any checkpoint.
 
 The horizontal component (query rows that need dense attention, ``horizontal_threshold``) is
 measured, not estimated: ``ops.row_probe_mass`` attends densely from the last query of every query block
