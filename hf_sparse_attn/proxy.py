@@ -121,6 +121,7 @@ class ProxyTrainingConfig:
     sparse_density: tuple[float, float] = (0.03, 0.12)
     sparse_min_len: int = 2048
     sparse_random_share: float = 0.0
+    sparse_block_size: int = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparse_fraction <= 1.0:
@@ -137,6 +138,7 @@ class ProxyTrainingConfig:
             raise ValueError(
                 f"task_weights must be finite and >= 0 with a positive sum, got {bad or self.task_weights}"
             )
+        SparseAttentionConfig(block_size=self.sparse_block_size)
         lo, hi = self.sparse_density
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(
@@ -148,8 +150,8 @@ class ProxyTrainingConfig:
 
         A ``sparse_fraction`` of the steps, drawn from (seed, step), run each layer on the blocks its
         dense attention ranks highest, at a density drawn from ``sparse_density``; selection rules
-        are the shipped indexer's (blocks of 64, one sink, two local blocks, dense last block, one
-        selection for all heads). A ``sparse_random_share`` of those steps draws the blocks at random
+        are the shipped indexer's (one sink, two local blocks, dense last block, one selection for all
+        heads) on blocks of ``sparse_block_size`` tokens, which should match the block size served. A ``sparse_random_share`` of those steps draws the blocks at random
         instead: the prompt's rows then miss blocks they would have used, which teaches them not to
         depend on attention spread over the whole context (the dense last block still retrieves).
         """
@@ -159,6 +161,7 @@ class ProxyTrainingConfig:
         return SparseAttentionConfig(
             selector="random" if rng.random() < self.sparse_random_share else "oracle",
             density=rng.uniform(*self.sparse_density),
+            block_size=self.sparse_block_size,
             dense_tail_blocks=1,
             min_sparse_len=self.sparse_min_len,
         )

@@ -58,6 +58,12 @@ def main() -> None:
         help="share of the sparse-aware steps whose blocks are drawn at random instead of by the oracle",
     )
     p.add_argument(
+        "--sparse-block-size",
+        type=int,
+        default=ProxyTrainingConfig.sparse_block_size,
+        help="block size of the sparse-aware steps' selections (match the block size the proxy is served with)",
+    )
+    p.add_argument(
         "--task-weight",
         action="append",
         default=[],
@@ -89,6 +95,7 @@ def main() -> None:
         init_from=args.init_from,
         sparse_fraction=args.sparse_fraction,
         sparse_random_share=args.sparse_random_share,
+        sparse_block_size=args.sparse_block_size,
         task_weights=weights,
         tokens_per_step=args.tokens_per_step,
         learning_rate=args.learning_rate,

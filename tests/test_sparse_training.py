@@ -105,6 +105,11 @@ def test_step_sparsity_is_seeded_and_follows_the_fraction():
     assert all(
         0.03 <= d.density <= 0.12 and d.selector == "oracle" and d.dense_tail_blocks == 1 for d in sparse
     )
+    assert {d.block_size for d in sparse} == {64}
+    small = ProxyTrainingConfig(sparse_fraction=1.0, sparse_block_size=32)
+    assert {small.sparsity_at(step).block_size for step in range(20)} == {32}
+    with pytest.raises(ValueError, match="block_size must be a power of two"):
+        ProxyTrainingConfig(sparse_block_size=48)
     assert ProxyTrainingConfig().sparsity_at(3) is None
     with pytest.raises(ValueError, match="share of the steps"):
         ProxyTrainingConfig(sparse_fraction=1.5)
