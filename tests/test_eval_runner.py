@@ -17,7 +17,7 @@ from hf_sparse_attn import (
     select_blocks,
     update_sparse_config,
 )
-from hf_sparse_attn.eval.methods import Method, build_methods, streaming_changes
+from hf_sparse_attn.eval.methods import Method, build_methods, kept_density_of, streaming_changes
 from hf_sparse_attn.eval.runner import evaluate, macro, write_report
 from hf_sparse_attn.eval.vocab import build_tokenizer
 from hf_sparse_attn.oracle import token_oracle_attention
@@ -63,10 +63,23 @@ def test_build_methods_expands_budgets_and_rejects_unknown_names():
         build_methods(["indexer_dual_topp"], [0.1], [0.9])
 
 
-def test_streaming_window_matches_the_density():
-    m = Method("streaming", {"selector": "indexer", "density": 0.125}, 0.125)
-    changes = streaming_changes(m, seq_len=4096, block_size=64, sink_blocks=1)
-    assert changes == {"top_k": 8, "local_blocks": 7, "selector": "indexer"}
+@pytest.mark.parametrize(
+    "seq_len, block_size, tail, expected_top_k",
+    [(4096, 32, 1, 7), (8192, 32, 1, 14), (4096, 64, 0, 4), (131072, 64, 1, 106)],
+)
+def test_streaming_window_keeps_what_top_k_keeps(seq_len, block_size, tail, expected_top_k):
+    config = SparseAttentionConfig(block_size=block_size, dense_tail_blocks=tail, density=0.1)
+    changes = streaming_changes(Method("streaming", {"density": 0.1}, 0.1), seq_len, config)
+    assert changes == {"top_k": expected_top_k, "local_blocks": expected_top_k - 1, "selector": "indexer"}
+    target = kept_density_of(config, seq_len)
+
+    def kept(window: int) -> float:
+        return kept_density_of(replace(config, density=None, top_k=1 + window, local_blocks=window), seq_len)
+
+    window = changes["local_blocks"]  # no other window comes closer to top-k's kept density
+    gap = abs(kept(window) - target)
+    assert gap <= abs(kept(window - 1) - target) and gap <= abs(kept(window + 1) - target)
+    assert gap < 0.01
 
 
 def test_update_sparse_config_switches_budget_in_place(tiny):
@@ -147,6 +160,8 @@ def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
         assert full["density"] == pytest.approx(1.0)
         assert full["example_output"] == by[("dense", task)]["example_output"]
         assert 0.25 <= by[("random density=0.25", task)]["density"] < 0.6
+        streaming, top_k = (by[(f"{m} density=0.25", task)]["density"] for m in ("streaming", "block_oracle"))
+        assert abs(streaming - top_k) < 0.05  # a window step is ~0.06 here; density x blocks missed by 0.066
     summary = macro(rows)
     assert math.isclose(
         summary[("dense", 256)]["accuracy"],

@@ -34,7 +34,7 @@ METHODS = {
     "patterns": "training-free vertical + slash estimate from the last queries (selector='patterns')",
     "patterns_horizontal": "patterns plus seed 002's horizontal rows: query blocks whose probe keeps < "
     "horizontal_threshold of its mass go dense",
-    "streaming": "sink + local blocks only, window sized to the density (no retrieval)",
+    "streaming": "sink + local blocks only, window keeping what top-k at the density keeps (no retrieval)",
     "random": "sink + local + uniformly random blocks at the density (selector='random')",
 }
 
@@ -168,10 +168,28 @@ def build_methods(
     return out
 
 
-def streaming_changes(method: Method, seq_len: int, block_size: int, sink_blocks: int) -> dict:
-    """Sink + a local window of ``density`` x blocks of the prompt: same cost, nothing retrieved."""
-    window = max(1, round(method.target_density * -(-seq_len // block_size)) - sink_blocks)
-    return {"top_k": sink_blocks + window, "local_blocks": window, "selector": "indexer"}
+def streaming_changes(method: Method, seq_len: int, config: SparseAttentionConfig) -> dict:
+    """Sink + the local window whose kept density (forced blocks included) is closest to what top-k
+    at the method's density keeps under ``config``: the same cost as the selectors, nothing retrieved.
+
+    Sizing the window as density x blocks instead gave streaming more kept blocks than top-k at
+    long prompts and fewer when a dense tail is configured, so the rows were not at equal cost.
+    """
+    budget = {"density": None, "top_k": None, "top_p": None, "layer_top_p": None}
+    target = kept_density_of(replace(config, **(budget | {"density": method.target_density})), seq_len)
+
+    def changes(window: int) -> dict:
+        return {"top_k": config.sink_blocks + window, "local_blocks": window, "selector": "indexer"}
+
+    def kept(window: int) -> float:
+        return kept_density_of(replace(config, **(budget | changes(window))), seq_len)
+
+    lo, hi = 1, num_blocks(seq_len, config.block_size)
+    while lo < hi:  # smallest window keeping at least the target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if kept(mid) < target else (lo, mid)
+    window = lo if lo == 1 or kept(lo) - target <= target - kept(lo - 1) else lo - 1
+    return changes(window)
 
 
 def token_oracle_prefill(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

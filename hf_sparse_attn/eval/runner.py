@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -73,8 +74,8 @@ def evaluate(
                 changes = dict(method.changes)
                 if method.name == "streaming":
                     changes.pop("density")
-                    bs = changes.get("block_size", base["block_size"])
-                    changes.update(streaming_changes(method, length, bs, base["sink_blocks"]))
+                    config = replace(sparse_config_of(model), **_restore(base, changes))
+                    changes.update(streaming_changes(method, length, config))
                 changes["min_sparse_len"] = min(lengths) // 2
                 update_sparse_config(model, **_restore(base, changes))
                 model.set_attn_implementation(attention_name(method))
