@@ -138,7 +138,7 @@ class ProxyTrainingConfig:
             raise ValueError(
                 f"task_weights must be finite and >= 0 with a positive sum, got {bad or self.task_weights}"
             )
-        SparseAttentionConfig(block_size=self.sparse_block_size)
+        SparseAttentionConfig(block_size=self.sparse_block_size)  # raises for a size the kernels lack
         lo, hi = self.sparse_density
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(
@@ -151,9 +151,10 @@ class ProxyTrainingConfig:
         A ``sparse_fraction`` of the steps, drawn from (seed, step), run each layer on the blocks its
         dense attention ranks highest, at a density drawn from ``sparse_density``; selection rules
         are the shipped indexer's (one sink, two local blocks, dense last block, one selection for all
-        heads) on blocks of ``sparse_block_size`` tokens, which should match the block size served. A ``sparse_random_share`` of those steps draws the blocks at random
-        instead: the prompt's rows then miss blocks they would have used, which teaches them not to
-        depend on attention spread over the whole context (the dense last block still retrieves).
+        heads) on blocks of ``sparse_block_size`` tokens. A ``sparse_random_share`` of those steps
+        draws the blocks at random instead: the prompt's rows then miss blocks they would have used,
+        which teaches them not to depend on attention spread over the whole context (the dense last
+        block still retrieves).
         """
         rng = random.Random(self.seed * 7919 + step)
         if rng.random() >= self.sparse_fraction:
