@@ -22,6 +22,8 @@ The mask function returns ``None`` (causal, no padding) or, for padded prefills,
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed.nn
 from transformers import AttentionInterface
@@ -33,9 +35,10 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
+from .config import SparseAttentionConfig
 from .decode import sparse_decode_step, store_prefill_keys
 from .indexer import tensor_parallel_rank
-from .log import debug_once
+from .log import debug_once, warning_once
 from .ops import block_sparse_attention, row_probe_mass
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
@@ -214,6 +217,15 @@ def layer_selection(
     """Everything a layer's config asks for between its q/k and the kernel: selector scores, the
     budget rule, horizontal dense rows and retrieval heads. ``seq_lens`` None = no padding."""
     cfg = module.indexer.config
+    if forced_blocks_fill_budget(cfg, q.shape[2]):
+        name, value = cfg.budget
+        warning_once(
+            "forced blocks fill the budget",
+            f"sparse_prefill: at {q.shape[2]} tokens the {cfg.sink_blocks} sink + {cfg.local_blocks} local "
+            f"blocks of {cfg.block_size} tokens already meet the {name}={value:g} budget of every query "
+            f"block, so the {cfg.selector!r} selector adds no block and the layers run as streaming "
+            "attention; use smaller blocks or a larger budget for prompts this short",
+        )
     lens = seq_lens if seq_lens is not None else torch.full((q.shape[0],), q.shape[2], device=q.device)
     scores = layer_block_scores(module, q, k, lens)
     blocks = select_blocks(scores, cfg, lens, check_lengths=False)  # lens <= q.shape[2] by construction
@@ -227,6 +239,24 @@ def layer_selection(
     if dense_heads:
         blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     return blocks
+
+
+def forced_blocks_fill_budget(cfg: SparseAttentionConfig, seq_len: int) -> bool:
+    """Whether the sink and local blocks alone meet a ``density`` / ``top_k`` budget in every query
+    block outside the dense tail, so the selector adds nothing (top-p budgets depend on the scores).
+
+    From the config and the length only, so it costs no device sync. It happens at short prompts
+    with large blocks: at 4096 tokens in blocks of 64, a sink, two local blocks and a dense last
+    block already keep 11.9% of the causal blocks.
+    """
+    name, value = cfg.budget
+    if name == "top_p":
+        return False
+    longest = -(-seq_len // cfg.block_size) - cfg.dense_tail_blocks  # causal blocks of the last sparse row
+    if longest <= 0:
+        return False
+    count = value if name == "top_k" else math.ceil(longest * value - 1e-6)
+    return count <= min(longest, cfg.sink_blocks + cfg.local_blocks)
 
 
 def _horizontal_rows(

@@ -1,4 +1,5 @@
-"""The package logger and its once-per-reason debug line (for fallbacks taken on purpose)."""
+"""The package logger, its once-per-reason debug line (for fallbacks taken on purpose) and its
+once-per-reason warning (for configs that run but do not do what their budget suggests)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,13 @@ def debug_once(message: str) -> None:
     if message not in _logged:
         _logged.add(message)
         logger.debug("%s; logged once", message)
+
+
+def warning_once(reason: str, message: str) -> None:
+    """Log ``message`` as a warning the first time ``reason`` comes up in this process (one line
+    however many layers or prompts hit it; silent while ``torch.compile`` traces, as ``debug_once``)."""
+    if torch.compiler.is_compiling():
+        return
+    if reason not in _logged:
+        _logged.add(reason)
+        logger.warning("%s; logged once", message)

@@ -57,6 +57,46 @@ def test_sparse_density_changes_output_and_reports_density():
         assert 0.25 <= d < 0.5
 
 
+@pytest.mark.parametrize("block_size", [16, 32, 64])
+@pytest.mark.parametrize("tail", [0, 1])
+def test_forced_blocks_fill_budget_iff_the_selector_adds_no_block(block_size, tail):
+    from dataclasses import replace
+
+    from hf_sparse_attn.attention import forced_blocks_fill_budget
+    from hf_sparse_attn.eval.methods import kept_density_of
+
+    verdicts = set()
+    for seq_len in (1024, 2048, 4096, 8192):
+        for budget in ({"density": d} for d in (0.02, 0.05, 0.1, 0.25)), ({"top_k": k} for k in (2, 3, 4, 8)):
+            for b in budget:
+                cfg = SparseAttentionConfig(block_size=block_size, dense_tail_blocks=tail, **b)
+                forced_only = replace(cfg, density=None, top_k=1)  # keeps exactly the forced blocks
+                adds_nothing = kept_density_of(cfg, seq_len) == kept_density_of(forced_only, seq_len)
+                assert forced_blocks_fill_budget(cfg, seq_len) == adds_nothing, (seq_len, b)
+                verdicts.add(adds_nothing)
+    assert verdicts == {True, False}
+    assert not forced_blocks_fill_budget(SparseAttentionConfig(block_size=64, top_p=0.01), 4096)
+
+
+@torch.no_grad()
+def test_budget_the_forced_blocks_fill_is_warned_once(monkeypatch, caplog):
+    import hf_sparse_attn.log as log
+
+    monkeypatch.setattr(log, "_logged", set())
+    dense = build(qwen3_config())
+    ids = _ids(1, 256)
+    for density, warned in ((0.6, False), (0.05, True)):
+        cfg = SparseAttentionConfig(block_size=32, density=density, dense_tail_blocks=1, min_sparse_len=16)
+        sparse = attach_indexer(twin(dense), cfg)
+        with caplog.at_level("WARNING", logger="hf_sparse_attn"):
+            sparse(ids)
+            sparse(ids)
+        lines = [r.getMessage() for r in caplog.records if "adds no block" in r.getMessage()]
+        assert len(lines) == int(warned)
+        caplog.clear()
+    assert "at 256 tokens the 1 sink + 2 local blocks of 32 tokens already meet the density=0.05" in lines[0]
+
+
 @torch.no_grad()
 def test_generate_greedy_identical_at_full_density(tiny_config):
     dense = build(tiny_config)

@@ -1347,7 +1347,8 @@ class Indexer(nn.Module):
         return f"layer_idx={self.layer_idx}, heads={self.config.indexer_heads}, dim={self.config.indexer_dim}"
 
 # ---- hf_sparse_attn/log.py ----
-"""The package logger and its once-per-reason debug line (for fallbacks taken on purpose)."""
+"""The package logger, its once-per-reason debug line (for fallbacks taken on purpose) and its
+once-per-reason warning (for configs that run but do not do what their budget suggests)."""
 
 
 import logging
@@ -1369,6 +1370,16 @@ def debug_once(message: str) -> None:
     if message not in _logged:
         _logged.add(message)
         logger.debug("%s; logged once", message)
+
+
+def warning_once(reason: str, message: str) -> None:
+    """Log ``message`` as a warning the first time ``reason`` comes up in this process (one line
+    however many layers or prompts hit it; silent while ``torch.compile`` traces, as ``debug_once``)."""
+    if torch.compiler.is_compiling():
+        return
+    if reason not in _logged:
+        _logged.add(reason)
+        logger.warning("%s; logged once", message)
 
 # ---- hf_sparse_attn/decode.py ----
 """Sparse decode: each new token attends to the cache blocks its indexer query picks.
@@ -1531,6 +1542,8 @@ The mask function returns ``None`` (causal, no padding) or, for padded prefills,
 [B, 1, 1, S] (causal implied, never an S x S tensor); every other case gets the stock sdpa mask.
 """
 
+
+import math
 
 import torch
 import torch.distributed.nn
@@ -1716,6 +1729,15 @@ def layer_selection(
     """Everything a layer's config asks for between its q/k and the kernel: selector scores, the
     budget rule, horizontal dense rows and retrieval heads. ``seq_lens`` None = no padding."""
     cfg = module.indexer.config
+    if forced_blocks_fill_budget(cfg, q.shape[2]):
+        name, value = cfg.budget
+        warning_once(
+            "forced blocks fill the budget",
+            f"sparse_prefill: at {q.shape[2]} tokens the {cfg.sink_blocks} sink + {cfg.local_blocks} local "
+            f"blocks of {cfg.block_size} tokens already meet the {name}={value:g} budget of every query "
+            f"block, so the {cfg.selector!r} selector adds no block and the layers run as streaming "
+            "attention; use smaller blocks or a larger budget for prompts this short",
+        )
     lens = seq_lens if seq_lens is not None else torch.full((q.shape[0],), q.shape[2], device=q.device)
     scores = layer_block_scores(module, q, k, lens)
     blocks = select_blocks(scores, cfg, lens, check_lengths=False)  # lens <= q.shape[2] by construction
@@ -1729,6 +1751,24 @@ def layer_selection(
     if dense_heads:
         blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     return blocks
+
+
+def forced_blocks_fill_budget(cfg: SparseAttentionConfig, seq_len: int) -> bool:
+    """Whether the sink and local blocks alone meet a ``density`` / ``top_k`` budget in every query
+    block outside the dense tail, so the selector adds nothing (top-p budgets depend on the scores).
+
+    From the config and the length only, so it costs no device sync. It happens at short prompts
+    with large blocks: at 4096 tokens in blocks of 64, a sink, two local blocks and a dense last
+    block already keep 11.9% of the causal blocks.
+    """
+    name, value = cfg.budget
+    if name == "top_p":
+        return False
+    longest = -(-seq_len // cfg.block_size) - cfg.dense_tail_blocks  # causal blocks of the last sparse row
+    if longest <= 0:
+        return False
+    count = value if name == "top_k" else math.ceil(longest * value - 1e-6)
+    return count <= min(longest, cfg.sink_blocks + cfg.local_blocks)
 
 
 def _horizontal_rows(
