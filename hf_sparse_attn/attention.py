@@ -217,7 +217,7 @@ def layer_selection(
     """Everything a layer's config asks for between its q/k and the kernel: selector scores, the
     budget rule, horizontal dense rows and retrieval heads. ``seq_lens`` None = no padding."""
     cfg = module.indexer.config
-    if forced_blocks_fill_budget(cfg, q.shape[2]):
+    if not torch.compiler.is_compiling() and forced_blocks_fill_budget(cfg, q.shape[2]):
         name, value = cfg.budget
         warning_once(
             "forced blocks fill the budget",
