@@ -22,8 +22,6 @@ The mask function returns ``None`` (causal, no padding) or, for padded prefills,
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed.nn
 from transformers import AttentionInterface
@@ -35,7 +33,6 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
-from .config import SparseAttentionConfig
 from .decode import sparse_decode_step, store_prefill_keys
 from .indexer import tensor_parallel_rank
 from .log import debug_once, warning_once
@@ -43,7 +40,13 @@ from .ops import block_sparse_attention, row_probe_mass
 from .oracle import oracle_block_scores
 from .padding import PaddingLayout
 from .patterns import pattern_block_scores
-from .selection import BlockList, select_blocks, with_dense_groups, with_dense_rows
+from .selection import (
+    BlockList,
+    forced_blocks_fill_budget,
+    select_blocks,
+    with_dense_groups,
+    with_dense_rows,
+)
 
 ATTENTION_NAME = "sparse_prefill"
 
@@ -239,24 +242,6 @@ def layer_selection(
     if dense_heads:
         blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     return blocks
-
-
-def forced_blocks_fill_budget(cfg: SparseAttentionConfig, seq_len: int) -> bool:
-    """Whether the sink and local blocks alone meet a ``density`` / ``top_k`` budget in every query
-    block outside the dense tail, so the selector adds nothing (top-p budgets depend on the scores).
-
-    From the config and the length only, so it costs no device sync. It happens at short prompts
-    with large blocks: at 4096 tokens in blocks of 64, a sink, two local blocks and a dense last
-    block already keep 11.9% of the causal blocks.
-    """
-    name, value = cfg.budget
-    if name == "top_p":
-        return False
-    longest = -(-seq_len // cfg.block_size) - cfg.dense_tail_blocks  # causal blocks of the last sparse row
-    if longest <= 0:
-        return False
-    count = value if name == "top_k" else math.ceil(longest * value - 1e-6)
-    return count <= min(longest, cfg.sink_blocks + cfg.local_blocks)
 
 
 def _horizontal_rows(

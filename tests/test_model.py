@@ -62,8 +62,8 @@ def test_sparse_density_changes_output_and_reports_density():
 def test_forced_blocks_fill_budget_iff_the_selector_adds_no_block(block_size, tail):
     from dataclasses import replace
 
-    from hf_sparse_attn.attention import forced_blocks_fill_budget
     from hf_sparse_attn.eval.methods import kept_density_of
+    from hf_sparse_attn.selection import forced_blocks_fill_budget
 
     verdicts = set()
     for seq_len in (1024, 2048, 4096, 8192):

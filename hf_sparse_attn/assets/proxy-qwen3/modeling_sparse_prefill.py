@@ -1029,6 +1029,22 @@ def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
     return value if name == "top_k" else math.ceil(n_cand * value - 1e-6)
 
 
+def forced_blocks_fill_budget(config: SparseAttentionConfig, seq_len: int) -> bool:
+    """Whether the sink and local blocks alone meet a ``density`` / ``top_k`` budget in every query
+    block outside the dense tail, so the selector adds nothing (top-p budgets depend on the scores).
+
+    From the config and the length only, so it costs no device sync. It happens at short prompts
+    with large blocks: at 4096 tokens in blocks of 64, a sink, two local blocks and a dense last
+    block already keep 11.9% of the causal blocks.
+    """
+    if config.budget[0] == "top_p":
+        return False
+    longest = num_blocks(seq_len, config.block_size) - config.dense_tail_blocks  # the last sparse row
+    if longest <= 0:
+        return False
+    return _budget_blocks(config, longest) <= min(longest, config.sink_blocks + config.local_blocks)
+
+
 def select_decode_blocks(
     scores: torch.Tensor,
     config: SparseAttentionConfig,
@@ -1543,8 +1559,6 @@ The mask function returns ``None`` (causal, no padding) or, for padded prefills,
 """
 
 
-import math
-
 import torch
 import torch.distributed.nn
 from transformers import AttentionInterface
@@ -1751,24 +1765,6 @@ def layer_selection(
     if dense_heads:
         blocks = with_dense_groups(blocks, dense_heads, k.shape[1])
     return blocks
-
-
-def forced_blocks_fill_budget(cfg: SparseAttentionConfig, seq_len: int) -> bool:
-    """Whether the sink and local blocks alone meet a ``density`` / ``top_k`` budget in every query
-    block outside the dense tail, so the selector adds nothing (top-p budgets depend on the scores).
-
-    From the config and the length only, so it costs no device sync. It happens at short prompts
-    with large blocks: at 4096 tokens in blocks of 64, a sink, two local blocks and a dense last
-    block already keep 11.9% of the causal blocks.
-    """
-    name, value = cfg.budget
-    if name == "top_p":
-        return False
-    longest = -(-seq_len // cfg.block_size) - cfg.dense_tail_blocks  # causal blocks of the last sparse row
-    if longest <= 0:
-        return False
-    count = value if name == "top_k" else math.ceil(longest * value - 1e-6)
-    return count <= min(longest, cfg.sink_blocks + cfg.local_blocks)
 
 
 def _horizontal_rows(
