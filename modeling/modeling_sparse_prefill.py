@@ -1381,21 +1381,21 @@ def debug_once(message: str) -> None:
     Silent while ``torch.compile`` traces: a logging call would break the graph, and the eager run
     (or the first call before compiling) logs the same reason.
     """
-    if torch.compiler.is_compiling():
-        return
-    if message not in _logged:
-        _logged.add(message)
-        logger.debug("%s; logged once", message)
+    _log_once(message, logging.DEBUG, message)
 
 
 def warning_once(reason: str, message: str) -> None:
     """Log ``message`` as a warning the first time ``reason`` comes up in this process (one line
     however many layers or prompts hit it; silent while ``torch.compile`` traces, as ``debug_once``)."""
+    _log_once(reason, logging.WARNING, message)
+
+
+def _log_once(reason: str, level: int, message: str) -> None:
     if torch.compiler.is_compiling():
         return
     if reason not in _logged:
         _logged.add(reason)
-        logger.warning("%s; logged once", message)
+        logger.log(level, "%s; logged once", message)
 
 # ---- hf_sparse_attn/decode.py ----
 """Sparse decode: each new token attends to the cache blocks its indexer query picks.
