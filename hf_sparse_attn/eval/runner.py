@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..attention import clear_selections, kept_density_per_layer
-from ..modeling import sparse_config_of, update_sparse_config
+from ..modeling import ARCHITECTURE_FIELDS, sparse_config_of, update_sparse_config
 from ..proxy import greedy_answers
 from .methods import Method, attention_name, matched_topk_methods, register_token_oracle, streaming_changes
 from .tasks import TASKS, generate, score
@@ -91,7 +91,7 @@ def evaluate(
 
 
 def _restore(base: dict, changes: dict) -> dict:
-    fixed = ("format_version", "indexer_heads", "indexer_dim", "dense_layers")
+    fixed = ("format_version", *ARCHITECTURE_FIELDS)
     keep = {k: v for k, v in base.items() if k not in fixed}
     if {"top_k", "density", "top_p"} & set(changes):
         keep.update(top_k=None, density=None, top_p=None, layer_top_p=None)
