@@ -8,7 +8,8 @@ the base model's); each layer with an indexer also computes, from its detached q
 - student: the indexer's block distribution (same pooling of its low-dim softmax; differentiable,
   recomputed chunk by chunk in backward so memory stays O(S x chunk) per layer);
 - loss: KL(teacher || student) summed over key blocks, averaged over valid query blocks, groups,
-  batch and layers; recall: teacher mass inside the blocks the configured budget would select.
+  batch and layers (``kl_blocks="candidates"``: only the part of it over the blocks the selector
+  ranks, the sink / local / tail blocks being kept anyway; see ``kl_divergence``); recall: teacher mass inside the blocks the configured budget would select.
 
 No backbone tensor requires grad, so autograd records only the indexers' small graphs.
 """
@@ -29,17 +30,40 @@ from .config import SparseAttentionConfig
 from .modeling import attach_indexer, indexers, load_indexer, save_indexer
 from .ops import pooled_attention_mass
 from .padding import PaddingLayout
-from .selection import BlockList, causal_block_counts, select_blocks
+from .selection import BlockList, block_masks, causal_block_counts, select_blocks
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
 
+KL_BLOCKS = ("all", "candidates")
+
+
 def kl_divergence(
-    teacher: torch.Tensor, student: torch.Tensor, seq_lens: torch.Tensor, block_size: int
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_size: int,
+    candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over valid (batch, group, query block) rows of KL(teacher || student) over key blocks."""
+    """Mean over valid (batch, group, query block) rows of KL(teacher || student) over key blocks.
+
+    ``candidates`` (bool [B, nQ, nK], the blocks the selector ranks): each row's loss is then only the
+    part of the full KL that can change the selection. By the chain rule, KL over all blocks = KL of
+    the (candidate, forced) split + m * KL of the renormalized candidate distributions + (1 - m) * KL
+    of the renormalized forced ones, with m the teacher's candidate mass; this keeps the middle term.
+    The sink and local blocks hold most of the mass of most rows and are kept anyway, so the full KL
+    spends the indexer's few dimensions on them.
+    """
+    if candidates is not None:
+        mask = candidates[:, None].expand_as(teacher)
+        mass = torch.where(mask, teacher, 0.0).sum(-1, keepdim=True)
+        teacher = torch.where(mask, teacher / mass.clamp(min=1e-12), 0.0)
+        student = torch.where(mask, student, 0.0)
+        student = student / student.sum(-1, keepdim=True).clamp(min=1e-12)
     log_student = torch.log(student.clamp(min=1e-12))
     per_row = (torch.xlogy(teacher, teacher) - teacher * log_student).sum(-1)
+    if candidates is not None:
+        per_row = per_row * mass[..., 0]
     valid = _valid_rows(seq_lens, block_size, teacher.shape[2])[:, None, :].expand_as(per_row)
     return per_row[valid].mean()
 
@@ -65,6 +89,7 @@ class LayerTerms:
 
 @dataclass
 class _Collector:
+    kl_blocks: str = "all"
     terms: list[LayerTerms] = field(default_factory=list)
 
     def observe(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask) -> None:
@@ -83,19 +108,25 @@ class _Collector:
                 q, k, cfg.block_size, module.scaling, cfg.indexer_heads, layout.seq_lens
             )
         student = indexer.block_scores(q, k, layout.seq_lens)
-        kl = kl_divergence(teacher, student, layout.seq_lens, cfg.block_size)
+        candidates = None
+        if self.kl_blocks == "candidates":
+            nq = teacher.shape[2]
+            causal, forced = block_masks(cfg, layout.seq_lens.to(teacher.device), nq, nq)
+            candidates = causal & ~forced
+        kl = kl_divergence(teacher, student, layout.seq_lens, cfg.block_size, candidates)
         with torch.no_grad():
             recall = block_recall(teacher, select_blocks(student.detach(), cfg, layout.seq_lens))
         self.terms.append(LayerTerms(indexer.layer_idx, kl, recall))
 
 
 @contextlib.contextmanager
-def distillation_forward(model: nn.Module) -> Iterator[list[LayerTerms]]:
+def distillation_forward(model: nn.Module, kl_blocks: str = "all") -> Iterator[list[LayerTerms]]:
     """Within this context, forwards of ``model`` run dense and record per-layer KL / recall terms."""
+    _check_kl_blocks(kl_blocks)
     found = indexers(model)
     if not found:
         raise ValueError("model has no indexers: call attach_indexer(model, config) before distilling")
-    collector = _Collector()
+    collector = _Collector(kl_blocks)
     for indexer in found.values():
         indexer.observer = collector.observe
     try:
@@ -105,18 +136,24 @@ def distillation_forward(model: nn.Module) -> Iterator[list[LayerTerms]]:
             indexer.observer = None
 
 
+def _check_kl_blocks(kl_blocks: str) -> None:
+    if kl_blocks not in KL_BLOCKS:
+        raise ValueError(f"kl_blocks must be one of {KL_BLOCKS}, got {kl_blocks!r}")
+
+
 def distillation_loss(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     wrapped: nn.Module | None = None,
+    kl_blocks: str = "all",
 ):
     """(loss, per-layer terms) of one batch: mean KL over the indexed layers.
 
     ``wrapped``: the module to call (e.g. the DDP wrapper, so gradients synchronize); its indexers
-    are found on ``model``.
+    are found on ``model``. ``kl_blocks``: "all" key blocks, or the selector's "candidates" only.
     """
-    with distillation_forward(model) as terms:
+    with distillation_forward(model, kl_blocks) as terms:
         (wrapped or model)(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1
         )
@@ -128,7 +165,9 @@ def distillation_loss(
 class IndexerDistillationTrainer(Trainer):
     """``transformers.Trainer`` that trains only the indexers by KL distillation.
 
-    Pass a model with indexers attached, or ``sparse_config=`` to attach them here. Indexer weights
+    Pass a model with indexers attached, or ``sparse_config=`` to attach them here. ``kl_blocks``:
+    distill the distribution over "all" key blocks, or only its part over the "candidates" the
+    selector ranks (see ``kl_divergence``). Indexer weights
     are kept in float32 (master weights; activations follow ``TrainingArguments.bf16``). Checkpoints
     and ``save_model`` write ``indexer.safetensors`` + ``sparse_config.json`` only (plus the Trainer's
     optimizer / scheduler / RNG state in checkpoints), so they are megabytes and load with
@@ -136,7 +175,16 @@ class IndexerDistillationTrainer(Trainer):
     ``recall/layer_<i>`` per indexed layer.
     """
 
-    def __init__(self, model: nn.Module, *args, sparse_config: SparseAttentionConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        *args,
+        sparse_config: SparseAttentionConfig | None = None,
+        kl_blocks: str = "all",
+        **kwargs,
+    ):
+        _check_kl_blocks(kl_blocks)
+        self.kl_blocks = kl_blocks
         if sparse_config is not None:
             attach_indexer(model, sparse_config, replace=True)
         found = indexers(model)
@@ -159,6 +207,7 @@ class IndexerDistillationTrainer(Trainer):
             inputs["input_ids"],
             inputs.get("attention_mask"),
             wrapped=model,
+            kl_blocks=self.kl_blocks,
         )
         if model.training:
             for t in terms:

@@ -63,6 +63,13 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--dense-tail-blocks", type=int, default=0, help="last query blocks kept dense (saved config)"
     )
+    p.add_argument(
+        "--kl-blocks",
+        choices=("all", "candidates"),
+        default="all",
+        help="distill the block distribution over all key blocks, or only over the ones the selector "
+        "ranks (sink / local / dense-tail blocks are kept anyway)",
+    )
     p.add_argument("--indexer-heads", type=int, default=1)
     p.add_argument("--indexer-dim", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -191,6 +198,7 @@ def run(args: argparse.Namespace, family: str) -> dict:
         args=training_args,
         train_dataset=train_dataset,
         sparse_config=sparse,
+        kl_blocks=args.kl_blocks,
         processing_class=tokenizer,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

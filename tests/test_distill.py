@@ -21,6 +21,7 @@ from hf_sparse_attn.distill import (
     kl_divergence,
     pack_tokens,
 )
+from hf_sparse_attn.selection import block_masks
 
 PLANTED = SparseAttentionConfig(block_size=16, top_k=2, sink_blocks=0, local_blocks=1, min_sparse_len=16)
 
@@ -81,6 +82,64 @@ def test_kl_is_zero_when_indexer_equals_teacher():
     t = torch.softmax(torch.randn(1, 1, 4, 4), -1)
     assert float(kl_divergence(t, t, torch.tensor([64]), 16)) == pytest.approx(0.0, abs=1e-6)
     assert float(kl_divergence(t, t.flip(-1), torch.tensor([64]), 16)) > 0.01
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return (torch.xlogy(p, p) - p * torch.log(q.clamp(min=1e-12))).sum(-1)
+
+
+def test_candidate_kl_is_the_chain_rule_term_the_selection_depends_on():
+    """KL over all blocks = KL of the (candidate, forced) split + m * KL over the renormalized
+    candidates + (1 - m) * KL over the renormalized forced blocks; kl_blocks="candidates" keeps the
+    middle term, so a student that differs from the teacher only on the forced blocks costs nothing."""
+    cfg = SparseAttentionConfig(block_size=16, density=0.3, sink_blocks=1, local_blocks=2)
+    nq, lens = 9, torch.tensor([144, 121])
+    causal, forced = block_masks(cfg, lens, nq, nq)
+    cand = causal & ~forced
+    gen = torch.Generator().manual_seed(0)
+
+    def dist(*shape):
+        x = torch.rand(*shape, generator=gen) * causal[:, None]
+        return x / x.sum(-1, keepdim=True).clamp(min=1e-12)
+
+    teacher, student = dist(2, 2, nq, nq), dist(2, 2, nq, nq)
+    got = kl_divergence(teacher, student, lens, 16, cand)
+    full = kl_divergence(teacher, student, lens, 16)
+
+    def part(p, mask):
+        mass = (p * mask).sum(-1, keepdim=True)
+        return mass[..., 0], torch.where(mask.bool(), p / mass.clamp(min=1e-12), 0.0)
+
+    m_t, t_c = part(teacher, cand[:, None])
+    m_s, s_c = part(student, cand[:, None])
+    _, t_f = part(teacher, forced[:, None])
+    _, s_f = part(student, forced[:, None])
+    split = _kl(torch.stack([m_t, 1 - m_t], -1), torch.stack([m_s, 1 - m_s], -1))
+    valid = (torch.arange(nq) < torch.tensor([9, 8])[:, None])[:, None].expand(2, 2, nq)
+    middle = (m_t * _kl(t_c, s_c))[valid].mean()
+    rest = (split + (1 - m_t) * _kl(t_f, s_f))[valid].mean()
+    torch.testing.assert_close(got, middle, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(full, middle + rest, rtol=1e-5, atol=1e-6)
+    assert float(got) > 0.01
+
+    reweighted = teacher * torch.where(forced[:, None], 3.0, 1.0)
+    reweighted = reweighted / reweighted.sum(-1, keepdim=True)
+    assert float(kl_divergence(teacher, reweighted, lens, 16, cand)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kl_divergence(teacher, reweighted, lens, 16)) > 0.01
+
+
+def test_candidate_kl_trains_and_names_bad_choices(tmp_path):
+    model = attach_indexer(planted_model(), PLANTED)
+    ids = torch.randint(0, 1024, (1, 96))
+    loss_all, _ = distillation_loss(model, ids)
+    loss_cand, terms = distillation_loss(model, ids, kl_blocks="candidates")
+    assert 0 < float(loss_cand.detach()) < float(loss_all.detach())
+    loss_cand.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".indexer." in n)
+    with pytest.raises(ValueError, match="kl_blocks must be one of"):
+        distillation_loss(model, ids, kl_blocks="forced")
+    with pytest.raises(ValueError, match="kl_blocks must be one of"):
+        IndexerDistillationTrainer(model=model, args=_args(tmp_path), train_dataset=[], kl_blocks="sink")
 
 
 def test_recall_rises_on_planted_long_range_dependency():

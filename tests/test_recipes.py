@@ -12,11 +12,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("family", ["qwen3", "qwen3_5"])
-def test_smoke_recipe(tmp_path, family):
+@pytest.mark.parametrize(
+    "family, extra",
+    [("qwen3", []), ("qwen3_5", []), ("qwen3", ["--kl-blocks", "candidates", "--indexer-heads", "2"])],
+)
+def test_smoke_recipe(tmp_path, family, extra):
     out = tmp_path / family
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / f"distill_{family}.py"), "--smoke", "--output-dir", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "recipes" / f"distill_{family}.py"),
+            "--smoke",
+            "--output-dir",
+            str(out),
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -26,6 +36,8 @@ def test_smoke_recipe(tmp_path, family):
     assert summary["steps"] == 24 and summary["last_loss"] < summary["first_loss"]
     assert summary["reload"].endswith("identical")
     assert (out / "indexer.safetensors").stat().st_size < 100_000
+    heads = json.loads((out / "sparse_config.json").read_text())["indexer_heads"]
+    assert heads == (2 if extra else 1)
 
 
 def test_cli_distill_forwards_to_recipe(tmp_path):
