@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +120,31 @@ def test_bundled_proxy_is_a_small_bf16_hub_repo_with_its_indexer():
         assert all(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
     summary = json.loads((PROXY_DIR / "training_summary.json").read_text())
     assert summary["config"]["train_len"] == 8192 and summary["config"]["sparse_fraction"] > 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_distill_proxy_recipe_defaults_are_the_bundled_serving_config():
+    """recipes/distill_proxy.py must reproduce the bundle's sparse_config (selection rules and indexer
+    shape), so rerunning it gives an indexer for the config the shipped numbers were measured at."""
+    from hf_sparse_attn.recipe import build_parser
+
+    spec = importlib.util.spec_from_file_location("distill_proxy", ROOT / "recipes" / "distill_proxy.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    args = build_parser("qwen3").parse_args(recipe.DEFAULTS)
+    bundled = json.loads((PROXY_DIR / "sparse_config.json").read_text())
+    for field in (
+        "block_size",
+        "density",
+        "dense_tail_blocks",
+        "indexer_heads",
+        "indexer_dim",
+        "min_sparse_len",
+    ):
+        assert getattr(args, field) == bundled[field], field
+    assert args.tasks and args.seq_len == 4096 and args.kl_blocks == "candidates"
 
 
 def test_resumed_training_matches_the_uninterrupted_run(tmp_path):

@@ -984,12 +984,7 @@ def select_blocks(
         lens = seq_lens.to(dev)
         if check_lengths and num_blocks(int(lens.max()), bs) > nq:
             raise ValueError(f"seq_lens up to {int(lens.max())} need more than {nq} blocks of {bs}")
-    qb = torch.arange(nq, device=dev)[:, None]
-    kb = torch.arange(nk, device=dev)[None, :]
-    n_valid = (lens.long() + bs - 1) // bs
-    causal = (kb <= qb)[None] & (kb[None] < n_valid[:, None, None]) & (qb[None] < n_valid[:, None, None])
-    tail = qb[None] >= n_valid[:, None, None] - config.dense_tail_blocks
-    forced = causal & (((kb < config.sink_blocks) | (kb > qb - config.local_blocks))[None] | tail)
+    causal, forced = block_masks(config, lens, nq, nk)
     causal, forced = causal[:, None], forced[:, None]
     s = scores.float()
     prio = torch.where(forced, float("inf"), torch.where(causal, s, float("-inf")))
@@ -1013,6 +1008,22 @@ def select_blocks(
     chosen = torch.sort(torch.where(used, chosen, nk), dim=-1).values
     chosen = torch.where(used, chosen, 0)
     return BlockList(count.to(torch.int32), chosen.to(torch.int32).contiguous(), bs, lens)
+
+
+def block_masks(
+    config: SparseAttentionConfig, seq_lens: torch.Tensor, nq: int, nk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(causal, forced) bool [B, nQ, nK]: the candidate blocks of each query block and, among them,
+    the ones the rules keep whatever the scores (sink, local, dense tail). The selector ranks only
+    ``causal & ~forced``."""
+    dev = seq_lens.device
+    qb = torch.arange(nq, device=dev)[:, None]
+    kb = torch.arange(nk, device=dev)[None, :]
+    n_valid = (seq_lens.long() + config.block_size - 1) // config.block_size
+    causal = (kb <= qb)[None] & (kb[None] < n_valid[:, None, None]) & (qb[None] < n_valid[:, None, None])
+    tail = qb[None] >= n_valid[:, None, None] - config.dense_tail_blocks
+    forced = causal & (((kb < config.sink_blocks) | (kb > qb - config.local_blocks))[None] | tail)
+    return causal, forced
 
 
 def _width_bound(config: SparseAttentionConfig, nk: int) -> int:
