@@ -49,6 +49,7 @@ from .selection import (
 )
 
 ATTENTION_NAME = "sparse_prefill"
+FORCED_BLOCKS_FILL_BUDGET = "forced blocks fill the budget"  # the warning's once-per-process reason
 
 
 def _debug_once(reason: str) -> None:
@@ -223,7 +224,7 @@ def layer_selection(
     if not torch.compiler.is_compiling() and forced_blocks_fill_budget(cfg, q.shape[2]):
         name, value = cfg.budget
         warning_once(
-            "forced blocks fill the budget",
+            FORCED_BLOCKS_FILL_BUDGET,
             f"sparse_prefill: at {q.shape[2]} tokens the {cfg.sink_blocks} sink + {cfg.local_blocks} local "
             f"blocks of {cfg.block_size} tokens already meet the {name}={value:g} budget of every query "
             f"block, so the {cfg.selector!r} selector adds no block and the layers run as streaming "

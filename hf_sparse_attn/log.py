@@ -3,7 +3,9 @@ once-per-reason warning (for configs that run but do not do what their budget su
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -32,3 +34,17 @@ def _log_once(reason: str, level: int, message: str) -> None:
     if reason not in _logged:
         _logged.add(reason)
         logger.log(level, "%s; logged once", message)
+
+
+@contextlib.contextmanager
+def silenced(reason: str) -> Iterator[None]:
+    """Within this context ``reason`` counts as already logged: for callers that run such a config on
+    purpose (the eval's streaming baseline is sink + local blocks only by design). A reason first met
+    inside is still logged once after it."""
+    fresh = reason not in _logged
+    _logged.add(reason)
+    try:
+        yield
+    finally:
+        if fresh:
+            _logged.discard(reason)

@@ -1378,7 +1378,9 @@ class Indexer(nn.Module):
 once-per-reason warning (for configs that run but do not do what their budget suggests)."""
 
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -1407,6 +1409,20 @@ def _log_once(reason: str, level: int, message: str) -> None:
     if reason not in _logged:
         _logged.add(reason)
         logger.log(level, "%s; logged once", message)
+
+
+@contextlib.contextmanager
+def silenced(reason: str) -> Iterator[None]:
+    """Within this context ``reason`` counts as already logged: for callers that run such a config on
+    purpose (the eval's streaming baseline is sink + local blocks only by design). A reason first met
+    inside is still logged once after it."""
+    fresh = reason not in _logged
+    _logged.add(reason)
+    try:
+        yield
+    finally:
+        if fresh:
+            _logged.discard(reason)
 
 # ---- hf_sparse_attn/decode.py ----
 """Sparse decode: each new token attends to the cache blocks its indexer query picks.
@@ -1583,6 +1599,7 @@ from transformers.masking_utils import (
 
 
 ATTENTION_NAME = "sparse_prefill"
+FORCED_BLOCKS_FILL_BUDGET = "forced blocks fill the budget"  # the warning's once-per-process reason
 
 
 def _debug_once(reason: str) -> None:
@@ -1757,7 +1774,7 @@ def layer_selection(
     if not torch.compiler.is_compiling() and forced_blocks_fill_budget(cfg, q.shape[2]):
         name, value = cfg.budget
         warning_once(
-            "forced blocks fill the budget",
+            FORCED_BLOCKS_FILL_BUDGET,
             f"sparse_prefill: at {q.shape[2]} tokens the {cfg.sink_blocks} sink + {cfg.local_blocks} local "
             f"blocks of {cfg.block_size} tokens already meet the {name}={value:g} budget of every query "
             f"block, so the {cfg.selector!r} selector adds no block and the layers run as streaming "

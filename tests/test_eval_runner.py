@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
@@ -142,6 +143,19 @@ def test_block_size_sweep_runs_block_independent_methods_once():
     labels = [m.label for m in methods]
     assert labels.count("dense") == 1 and sum(lab.startswith("token_oracle") for lab in labels) == 2
     assert sorted(m.changes["block_size"] for m in methods if m.name == "block_oracle") == [32, 32, 64, 64]
+
+
+def test_streaming_rows_do_not_warn_that_the_forced_blocks_fill_the_budget(tiny, tok, monkeypatch, caplog):
+    """Streaming is sink + local blocks by design; a top-k row whose budget they fill still warns."""
+    import hf_sparse_attn.log as log
+
+    monkeypatch.setattr(log, "_logged", set())
+    run = partial(evaluate, tiny, tok, lengths=[256], tasks=["vt"], samples=1, batch_size=1, progress=False)
+    with caplog.at_level("WARNING", logger="hf_sparse_attn"):
+        run(build_methods(["streaming"], [0.25], [0.9]))
+        assert not [r for r in caplog.records if "adds no block" in r.getMessage()]
+        run([Method("indexer", {"top_k": 1}, None)])
+    assert len([r for r in caplog.records if "adds no block" in r.getMessage()]) == 1
 
 
 def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
