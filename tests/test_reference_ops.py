@@ -101,3 +101,20 @@ def test_reference_ops_reject_bad_inputs():
         pooled_attention_mass(q[:, :3], k, 16, 1.0, 1)
     with pytest.raises(ValueError, match="kv_num_blocks must be"):
         block_sparse_attention(q, k, v, torch.ones(1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 2), 16, 1.0)
+
+
+def test_backend_choice_names_bad_values_and_the_missing_interpreter(monkeypatch):
+    from hf_sparse_attn.ops import backend_for
+
+    cpu = torch.zeros(1)
+    monkeypatch.setenv("HF_SPARSE_ATTN_BACKEND", "auto")
+    assert backend_for(cpu) == "reference"
+    monkeypatch.setenv("HF_SPARSE_ATTN_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="must be one of"):
+        backend_for(cpu)
+    monkeypatch.setenv("HF_SPARSE_ATTN_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backend_for(cpu) == "triton"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="set TRITON_INTERPRET=1 before importing triton"):
+        backend_for(cpu)

@@ -27,6 +27,12 @@ def backend_for(t: torch.Tensor) -> str:
         raise ValueError(f"HF_SPARSE_ATTN_BACKEND must be one of {BACKENDS}, got {choice!r}")
     if choice == "auto":
         return "triton" if t.is_cuda else "reference"
+    if choice == "triton" and not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"HF_SPARSE_ATTN_BACKEND=triton with a tensor on {t.device}: Triton kernels run off CUDA only "
+            "under its interpreter; set TRITON_INTERPRET=1 before importing triton, or use "
+            "HF_SPARSE_ATTN_BACKEND=auto (the reference off CUDA)"
+        )
     return choice
 
 

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/__init__.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
 
 Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with
@@ -28,6 +28,12 @@ def backend_for(t: torch.Tensor) -> str:
         raise ValueError(f"HF_SPARSE_ATTN_BACKEND must be one of {BACKENDS}, got {choice!r}")
     if choice == "auto":
         return "triton" if t.is_cuda else "reference"
+    if choice == "triton" and not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"HF_SPARSE_ATTN_BACKEND=triton with a tensor on {t.device}: Triton kernels run off CUDA only "
+            "under its interpreter; set TRITON_INTERPRET=1 before importing triton, or use "
+            "HF_SPARSE_ATTN_BACKEND=auto (the reference off CUDA)"
+        )
     return choice
 
 

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/common.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Shape checks and block arithmetic shared by every op."""
 
 from __future__ import annotations

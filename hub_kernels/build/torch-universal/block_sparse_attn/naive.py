@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/block_sparse_attn/naive.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/block_sparse_attn/naive.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Reference block-sparse causal GQA attention (the spec for the Triton kernel).
 
 Each query block attends to the key blocks listed for its selection group, with token-level causal

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/block_sparse_attn/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/block_sparse_attn/triton.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Triton block-sparse causal GQA attention forward (spec: ``naive.py`` beside this file).
 
 One program = one query block x ``HEADS`` query heads of the same kv head (rows stacked), so each

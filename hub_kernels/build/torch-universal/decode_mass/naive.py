@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/decode_mass/naive.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/decode_mass/naive.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Reference decode block mass (the spec for the Triton kernel).
 
 One query row per (batch row, selection group) scores every cached key; the softmax of those

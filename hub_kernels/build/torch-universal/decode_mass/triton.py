@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/decode_mass/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/decode_mass/triton.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Triton decode block mass (spec: ``naive.py`` beside this file).
 
 Two launches, sized from shapes only. The first splits the keys over programs of ``NB`` whole blocks:

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/kcache_quant/naive.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/kcache_quant/naive.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Reference 4-bit quantization of indexer keys: the spec for a decode-time indexer K-cache.
 
 Each group of ``group`` consecutive values along the last dim shares one scale stored as an FP8

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/kcache_quant/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/kcache_quant/triton.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Triton 4-bit quantize / dequantize of indexer keys (spec: ``naive.py`` beside this file).
 
 A decode step appends one key per layer and reads the whole cache back, so both directions are one

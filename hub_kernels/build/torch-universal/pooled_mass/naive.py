@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/naive.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Reference: block-pooled causal attention mass (the spec for the fused Triton kernel).
 
 One routine serves three callers: the distillation teacher and the block oracle (the layer's own

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/pooled_mass/triton.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Triton block-pooled causal attention mass (spec: ``naive.py`` beside this file).
 
 Two kernels over work units of one query block x ``HEADS`` query heads of one kv head x one chunk of

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/probe_mass/naive.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/probe_mass/naive.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Reference: dense attention of a few probe queries, the spec for the Triton row-probe kernel.
 
 ``probe_probs`` is the shared building block (training-free patterns, retrieval-head scoring);

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/probe_mass/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/probe_mass/triton.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Triton row probe: dense attention mass of each query block's last valid query (spec: ``naive.py``).
 
 One program = one query head x a tile of ``BR`` query blocks' probe rows (rows of different query

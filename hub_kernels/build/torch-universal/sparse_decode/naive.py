@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/sparse_decode/naive.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/sparse_decode/naive.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Reference block-sparse decode attention (the spec for the Triton decode kernel).
 
 One new query token per row attends to the key blocks listed for its selection group over the

@@ -1,4 +1,4 @@
-# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops b820be5d0e1e); do not edit.
+# Generated from hf_sparse_attn/ops/sparse_decode/triton.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
 """Triton block-sparse decode attention (spec: ``naive.py`` beside this file).
 
 Split-KV ("flash decoding"): a decode step has one query per head, far too little work for one
