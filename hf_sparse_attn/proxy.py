@@ -122,6 +122,7 @@ class ProxyTrainingConfig:
     sparse_min_len: int = 2048
     sparse_random_share: float = 0.0
     sparse_block_size: int = 64
+    sparse_dense_tail_blocks: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparse_fraction <= 1.0:
@@ -138,7 +139,9 @@ class ProxyTrainingConfig:
             raise ValueError(
                 f"task_weights must be finite and >= 0 with a positive sum, got {bad or self.task_weights}"
             )
-        SparseAttentionConfig(block_size=self.sparse_block_size)  # raises for a size the kernels lack
+        SparseAttentionConfig(  # raises for a size the kernels lack or a negative tail
+            block_size=self.sparse_block_size, dense_tail_blocks=self.sparse_dense_tail_blocks
+        )
         lo, hi = self.sparse_density
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(
@@ -149,12 +152,12 @@ class ProxyTrainingConfig:
         """The step's oracle-sparse attention config (see ``sparse_training``), or None for dense.
 
         A ``sparse_fraction`` of the steps, drawn from (seed, step), run each layer on the blocks its
-        dense attention ranks highest, at a density drawn from ``sparse_density``; selection rules
-        are the shipped indexer's (one sink, two local blocks, dense last block, one selection for all
-        heads) on blocks of ``sparse_block_size`` tokens. A ``sparse_random_share`` of those steps
-        draws the blocks at random instead: the prompt's rows then miss blocks they would have used,
-        which teaches them not to depend on attention spread over the whole context (the dense last
-        block still retrieves).
+        dense attention ranks highest, at a density drawn from ``sparse_density``: one sink, two local
+        blocks, ``sparse_dense_tail_blocks`` dense last blocks and one selection for all heads, on
+        blocks of ``sparse_block_size`` tokens (the bundled v6 weights were trained with blocks of 64
+        and a dense last block). A ``sparse_random_share`` of those steps draws the blocks at random
+        instead: the prompt's rows then miss blocks they would have used, which teaches them not to
+        depend on attention spread over the whole context.
         """
         rng = random.Random(self.seed * 7919 + step)
         if rng.random() >= self.sparse_fraction:
@@ -163,7 +166,7 @@ class ProxyTrainingConfig:
             selector="random" if rng.random() < self.sparse_random_share else "oracle",
             density=rng.uniform(*self.sparse_density),
             block_size=self.sparse_block_size,
-            dense_tail_blocks=1,
+            dense_tail_blocks=self.sparse_dense_tail_blocks,
             min_sparse_len=self.sparse_min_len,
         )
 

@@ -64,6 +64,12 @@ def main() -> None:
         help="block size of the sparse-aware steps' selections (match the block size the proxy is served with)",
     )
     p.add_argument(
+        "--sparse-dense-tail-blocks",
+        type=int,
+        default=ProxyTrainingConfig.sparse_dense_tail_blocks,
+        help="last query blocks kept dense in the sparse-aware steps (match the serving config)",
+    )
+    p.add_argument(
         "--task-weight",
         action="append",
         default=[],
@@ -96,6 +102,7 @@ def main() -> None:
         sparse_fraction=args.sparse_fraction,
         sparse_random_share=args.sparse_random_share,
         sparse_block_size=args.sparse_block_size,
+        sparse_dense_tail_blocks=args.sparse_dense_tail_blocks,
         task_weights=weights,
         tokens_per_step=args.tokens_per_step,
         learning_rate=args.learning_rate,

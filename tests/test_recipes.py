@@ -61,7 +61,7 @@ def test_train_proxy_recipe_passes_sparse_options_and_task_weights(tmp_path):
     script = str(ROOT / "recipes" / "train_proxy.py")
     out = tmp_path / "proxy"
     args = ["--smoke", "--output-dir", str(out), "--sparse-fraction", "1", "--sparse-random-share", "0.5"]
-    args += ["--sparse-block-size", "32"]
+    args += ["--sparse-block-size", "32", "--sparse-dense-tail-blocks", "0"]
     proc = subprocess.run(
         [sys.executable, script, *args, "--task-weight", "niah_multivalue=2.5"],
         capture_output=True,
@@ -71,7 +71,7 @@ def test_train_proxy_recipe_passes_sparse_options_and_task_weights(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((out / "training_summary.json").read_text())["config"]
     assert config["sparse_random_share"] == 0.5 and config["task_weights"]["niah_multivalue"] == 2.5
-    assert config["sparse_block_size"] == 32
+    assert config["sparse_block_size"] == 32 and config["sparse_dense_tail_blocks"] == 0
     assert config["task_weights"]["vt"] == 1.5  # the others keep their defaults
     bad = subprocess.run(
         [sys.executable, script, "--smoke", "--task-weight", "vt"], capture_output=True, text=True

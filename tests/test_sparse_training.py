@@ -106,8 +106,12 @@ def test_step_sparsity_is_seeded_and_follows_the_fraction():
         0.03 <= d.density <= 0.12 and d.selector == "oracle" and d.dense_tail_blocks == 1 for d in sparse
     )
     assert {d.block_size for d in sparse} == {64}
-    small = ProxyTrainingConfig(sparse_fraction=1.0, sparse_block_size=32)
-    assert {small.sparsity_at(step).block_size for step in range(20)} == {32}
+    small = ProxyTrainingConfig(sparse_fraction=1.0, sparse_block_size=32, sparse_dense_tail_blocks=0)
+    assert {(small.sparsity_at(s).block_size, small.sparsity_at(s).dense_tail_blocks) for s in range(20)} == {
+        (32, 0)
+    }
+    with pytest.raises(ValueError, match="dense_tail_blocks"):
+        ProxyTrainingConfig(sparse_dense_tail_blocks=-1)
     with pytest.raises(ValueError, match="block_size must be a power of two"):
         ProxyTrainingConfig(sparse_block_size=48)
     assert ProxyTrainingConfig().sparsity_at(3) is None
