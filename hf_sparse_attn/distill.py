@@ -9,7 +9,8 @@ the base model's); each layer with an indexer also computes, from its detached q
   recomputed chunk by chunk in backward so memory stays O(S x chunk) per layer);
 - loss: KL(teacher || student) summed over key blocks, averaged over valid query blocks, groups,
   batch and layers (``kl_blocks="candidates"``: only the part of it over the blocks the selector
-  ranks, the sink / local / tail blocks being kept anyway; see ``kl_divergence``); recall: teacher mass inside the blocks the configured budget would select.
+  ranks, the sink / local / tail blocks being kept anyway; see ``kl_divergence``);
+- recall: teacher mass inside the blocks the configured budget would select.
 
 No backbone tensor requires grad, so autograd records only the indexers' small graphs.
 """
@@ -33,8 +34,6 @@ from .padding import PaddingLayout
 from .selection import BlockList, block_masks, causal_block_counts, select_blocks
 
 TRAINING_ARGS_NAME = "training_args.bin"
-
-
 KL_BLOCKS = ("all", "candidates")
 
 
@@ -167,11 +166,10 @@ class IndexerDistillationTrainer(Trainer):
 
     Pass a model with indexers attached, or ``sparse_config=`` to attach them here. ``kl_blocks``:
     distill the distribution over "all" key blocks, or only its part over the "candidates" the
-    selector ranks (see ``kl_divergence``). Indexer weights
-    are kept in float32 (master weights; activations follow ``TrainingArguments.bf16``). Checkpoints
-    and ``save_model`` write ``indexer.safetensors`` + ``sparse_config.json`` only (plus the Trainer's
-    optimizer / scheduler / RNG state in checkpoints), so they are megabytes and load with
-    ``load_indexer``. Logged per step: ``loss`` (mean KL), ``recall``, and ``kl/layer_<i>``,
+    selector ranks (see ``kl_divergence``). Indexer weights are kept in float32 (master weights;
+    activations follow ``TrainingArguments.bf16``). Checkpoints and ``save_model`` write
+    ``indexer.safetensors`` + ``sparse_config.json`` only (plus the Trainer's optimizer / scheduler /
+    RNG state in checkpoints), so they are megabytes and load with ``load_indexer``. Logged per step: ``loss`` (mean KL), ``recall``, and ``kl/layer_<i>``,
     ``recall/layer_<i>`` per indexed layer.
     """
 

@@ -26,6 +26,8 @@ FAMILIES = {
 
 
 def build_parser(family: str) -> argparse.ArgumentParser:
+    from .distill import KL_BLOCKS
+
     p = argparse.ArgumentParser(description=f"Distill sparse-prefill indexers for a {family} checkpoint")
     p.add_argument(
         "--model", default=FAMILIES[family]["model"], help="Hub id or local directory of the frozen model"
@@ -65,7 +67,7 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--kl-blocks",
-        choices=("all", "candidates"),
+        choices=KL_BLOCKS,
         default="all",
         help="distill the block distribution over all key blocks, or only over the ones the selector "
         "ranks (sink / local / dense-tail blocks are kept anyway)",
