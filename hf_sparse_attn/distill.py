@@ -110,7 +110,7 @@ class _Collector:
         candidates = None
         if self.kl_blocks == "candidates":
             nq = teacher.shape[2]
-            causal, forced = block_masks(cfg, layout.seq_lens.to(teacher.device), nq, nq)
+            causal, forced = block_masks(cfg, layout.seq_lens, nq, nq)
             candidates = causal & ~forced
         kl = kl_divergence(teacher, student, layout.seq_lens, cfg.block_size, candidates)
         with torch.no_grad():
@@ -169,8 +169,8 @@ class IndexerDistillationTrainer(Trainer):
     selector ranks (see ``kl_divergence``). Indexer weights are kept in float32 (master weights;
     activations follow ``TrainingArguments.bf16``). Checkpoints and ``save_model`` write
     ``indexer.safetensors`` + ``sparse_config.json`` only (plus the Trainer's optimizer / scheduler /
-    RNG state in checkpoints), so they are megabytes and load with ``load_indexer``. Logged per step: ``loss`` (mean KL), ``recall``, and ``kl/layer_<i>``,
-    ``recall/layer_<i>`` per indexed layer.
+    RNG state in checkpoints), so they are megabytes and load with ``load_indexer``. Logged per step:
+    ``loss`` (mean KL), ``recall``, and ``kl/layer_<i>``, ``recall/layer_<i>`` per indexed layer.
     """
 
     def __init__(

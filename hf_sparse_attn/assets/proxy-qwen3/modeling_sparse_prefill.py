@@ -549,8 +549,8 @@ class SparseAttentionConfig:
     and local blocks are always kept on top of the budget rule and count towards it, as are all
     causal blocks of the last ``dense_tail_blocks`` query blocks of each sequence: the prompt's final
     positions produce the first generated token, and computing them densely costs one block row (1/n
-    of the causal blocks at n blocks; 0.1% at 128K with blocks of 64). ``layer_top_p`` (with ``top_p``) adds seed 003's
-    per-layer rule: see ``selection.select_blocks``.
+    of the causal blocks at n blocks; 0.1% at 128K with blocks of 64). ``layer_top_p`` (with
+    ``top_p``) adds seed 003's per-layer rule: see ``selection.select_blocks``.
 
     Selectors: ``"indexer"`` (trained), ``"oracle"`` (the dense attention's own block mass: a
     diagnostic), ``"patterns"`` (training-free vertical + slash estimate from the last
