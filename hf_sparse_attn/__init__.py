@@ -3,21 +3,35 @@
 Importing the package registers the ``"sparse_prefill"`` attention implementation with transformers.
 """
 
-from .attention import ATTENTION_NAME, last_selection, register, sparse_prefill_attention
-from .config import SparseAttentionConfig
-from .indexer import Indexer
-from .modeling import attach_indexer, indexers, load_indexer, save_indexer, update_sparse_config
-from .oracle import oracle_block_scores, token_oracle_attention
-from .selection import BlockList, select_blocks
+from .runtime.attention import ATTENTION_NAME, last_selection, register, sparse_prefill_attention
+from .runtime.config import SparseAttentionConfig
+from .runtime.indexer import Indexer
+from .runtime.modeling import attach_indexer, indexers, load_indexer, save_indexer, update_sparse_config
+from .runtime.oracle import oracle_block_scores, token_oracle_attention
+from .runtime.selection import BlockList, select_blocks
 
 __version__ = "0.1.0"
 
 register()
 
+_LAZY = {"IndexerDistillationTrainer": "distill", "PackedDataset": "distill"}
+
+
+def __getattr__(name: str):
+    """The Trainer classes load transformers' Trainer, so they are imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hf_sparse_attn' has no attribute {name!r}")
+
+
 __all__ = [
     "ATTENTION_NAME",
     "BlockList",
     "Indexer",
+    "IndexerDistillationTrainer",
+    "PackedDataset",
     "SparseAttentionConfig",
     "attach_indexer",
     "indexers",

@@ -8,20 +8,54 @@ model switched to ``sdpa`` with ``set_attn_implementation``, so the two differ o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from .attention import clear_selections, kept_density
-from .eval.tasks import generate, score
-from .proxy import PROXY_DIR
+from .runtime.attention import clear_selections, kept_density
+from .tasks import generate, score
 
+PROXY_DIR = Path(__file__).parent / "assets" / "proxy-qwen3"
 DEMO_TASKS = ("niah_single_2", "niah_multiquery", "vt", "niah_single_3")
 DEMO_SEED = 2_000_000
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HF_SPARSE_ATTN_CACHE", Path.home() / ".cache" / "hf-sparse-attn"))
+
+
+def rendered_proxy_repo(source: Path = PROXY_DIR) -> Path:
+    """The bundled proxy as a loadable repo: its files + the modeling file rendered from the installed
+    sources, in a cache folder named by the hash of that file (made once, atomically, by rename)."""
+    from .hub.bundle import MODELING_FILE, render_modeling_file
+
+    code = render_modeling_file()
+    key = hashlib.sha256(code.encode() + (source / "config.json").read_bytes()).hexdigest()[:16]
+    target = cache_root() / f"{source.name}-{key}"
+    if (target / MODELING_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for path in source.iterdir():
+            if path.is_file():
+                shutil.copyfile(path, tmp / path.name)
+        (tmp / MODELING_FILE).write_text(code)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process rendered it first
+            if not (target / MODELING_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def load_demo_pipeline(model_dir: str | os.PathLike = PROXY_DIR, device: str = "cpu"):
@@ -29,6 +63,8 @@ def load_demo_pipeline(model_dir: str | os.PathLike = PROXY_DIR, device: str = "
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     model_dir = Path(model_dir)
+    if model_dir.resolve() == PROXY_DIR.resolve():
+        model_dir = rendered_proxy_repo()
     missing = [
         n
         for n in ("config.json", "indexer.safetensors", "modeling_sparse_prefill.py")

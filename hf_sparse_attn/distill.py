@@ -18,6 +18,7 @@ No backbone tensor requires grad, so autograd records only the indexers' small g
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -26,14 +27,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .config import SparseAttentionConfig
-from .modeling import attach_indexer, indexers, load_indexer, save_indexer
 from .ops import pooled_attention_mass
-from .padding import PaddingLayout
-from .selection import BlockList, block_masks, causal_block_counts, select_blocks
+from .runtime.config import SparseAttentionConfig
+from .runtime.fileio import atomic_write_text
+from .runtime.modeling import attach_indexer, indexers, load_indexer, save_indexer
+from .runtime.padding import PaddingLayout
+from .runtime.selection import BlockList, block_masks, causal_block_counts, select_blocks
 
 TRAINING_ARGS_NAME = "training_args.bin"
+logger = logging.getLogger(__name__)
 KL_BLOCKS = ("all", "candidates")
 
 
@@ -152,6 +156,15 @@ def distillation_loss(
     ``wrapped``: the module to call (e.g. the DDP wrapper, so gradients synchronize); its indexers
     are found on ``model``. ``kl_blocks``: "all" key blocks, or the selector's "candidates" only.
     """
+    if attention_mask is not None:
+        empty = (
+            (attention_mask.reshape(attention_mask.shape[0], -1).sum(-1) == 0).nonzero().flatten().tolist()
+        )
+        if empty:
+            raise ValueError(
+                f"attention_mask rows {empty} hold no token (all padding): the KL of an empty row is undefined; "
+                "drop empty sequences from the batch"
+            )
     with distillation_forward(model, kl_blocks) as terms:
         (wrapped or model)(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1
@@ -227,11 +240,51 @@ class IndexerDistillationTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then a completion marker: ``train(resume_from_checkpoint=True)``
+        resumes from the newest checkpoint that has one, never from a half-written folder."""
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        if self.args.should_save and os.path.isdir(folder):
+            atomic_write_text(os.path.join(folder, CHECKPOINT_COMPLETE), f"{self.state.global_step}\n")
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir} (folders "
+                    f"{PREFIX_CHECKPOINT_DIR}-N holding {CHECKPOINT_COMPLETE})"
+                )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         load_indexer(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         load_indexer(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+
+CHECKPOINT_COMPLETE = "checkpoint_complete"
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` that finished saving (has the marker)."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        head, _, step = name.rpartition("-")
+        if head == PREFIX_CHECKPOINT_DIR and step.isdigit():
+            steps.append(int(step))
+    for step in sorted(steps, reverse=True):
+        folder = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        if os.path.isfile(os.path.join(folder, CHECKPOINT_COMPLETE)):
+            return folder
+        logger.warning("skipping %s: its save did not finish (no %s)", folder, CHECKPOINT_COMPLETE)
+    return None
 
 
 class PackedCollator:

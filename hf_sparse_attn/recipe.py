@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SparseAttentionConfig
+from .runtime.config import SparseAttentionConfig
 
 FAMILIES = {
     "qwen3": {"model": "Qwen/Qwen3-8B"},
@@ -51,7 +51,7 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     data.add_argument(
         "--tasks",
         action="store_true",
-        help="prompts of the synthetic task suite (hf_sparse_attn.eval.tasks) at --seq-len, for the proxy",
+        help="prompts of the synthetic task suite (hf_sparse_attn.tasks) at --seq-len, for the proxy",
     )
     p.add_argument("--dataset-config", default=None)
     p.add_argument("--dataset-split", default="train")
@@ -135,7 +135,7 @@ def _dataset(args: argparse.Namespace, model, tokenizer):
     from .distill import PackedDataset, SyntheticRetrievalDataset
 
     if args.tasks:
-        from .eval.tasks import TASKS, generate
+        from .tasks import TASKS, generate
 
         count = args.num_sequences or args.max_steps * args.batch_size * args.grad_accum
         names = sorted(TASKS)
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, family: str) -> dict:
     from transformers import TrainingArguments
 
     from .distill import IndexerDistillationTrainer
-    from .modeling import indexer_state_dict, load_indexer
+    from .runtime.modeling import indexer_state_dict, load_indexer
 
     if args.smoke:
         args.seq_len, args.max_steps, args.logging_steps, args.save_steps = 256, 24, 4, 12

@@ -34,7 +34,7 @@ import json
 
 import torch
 
-from hf_sparse_attn.proxy import TASK_WEIGHTS, ProxyTrainingConfig, train_proxy
+from hf_sparse_attn_lab.proxy import TASK_WEIGHTS, ProxyTrainingConfig, train_proxy
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hf_sparse_attn.cli import main
 from hf_sparse_attn.demo import run_demo
+from hf_sparse_attn_cli import main
 
 
 def test_demo_answers_through_remote_code_pipeline(monkeypatch):
@@ -31,7 +31,7 @@ def test_demo_names_what_a_model_dir_lacks(tmp_path, capsys):
 
 
 def test_bench_decode_names_the_layer_range_it_can_keep():
-    from hf_sparse_attn.bench.decode import static_compiled_rows
+    from hf_sparse_attn_lab.bench.decode import static_compiled_rows
 
     for bad in (0, 37):
         with pytest.raises(ValueError, match=r"--num-layers must be in 1\.\.36"):

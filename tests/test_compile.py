@@ -14,7 +14,7 @@ from conftest import build, qwen3_config
 from transformers import DynamicCache, StaticCache
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer
-from hf_sparse_attn.attention import register
+from hf_sparse_attn.runtime.attention import register
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from hf_sparse_attn.distill import (
     kl_divergence,
     pack_tokens,
 )
-from hf_sparse_attn.selection import block_masks
+from hf_sparse_attn.runtime.selection import block_masks
 
 PLANTED = SparseAttentionConfig(block_size=16, top_k=2, sink_blocks=0, local_blocks=1, min_sparse_len=16)
 

@@ -60,7 +60,7 @@ def test_sharded_heads_without_torch_distributed_raise():
     from conftest import build, qwen3_config
 
     from hf_sparse_attn import SparseAttentionConfig, attach_indexer
-    from hf_sparse_attn.attention import sparse_prefill_attention
+    from hf_sparse_attn.runtime.attention import sparse_prefill_attention
 
     model = attach_indexer(
         build(qwen3_config(), attn="sparse_prefill"), SparseAttentionConfig(min_sparse_len=1)

@@ -18,10 +18,10 @@ from hf_sparse_attn import (
     select_blocks,
     update_sparse_config,
 )
-from hf_sparse_attn.eval.methods import Method, build_methods, kept_density_of, streaming_changes
-from hf_sparse_attn.eval.runner import evaluate, macro, write_report
-from hf_sparse_attn.eval.vocab import build_tokenizer
-from hf_sparse_attn.oracle import token_oracle_attention
+from hf_sparse_attn.runtime.oracle import token_oracle_attention
+from hf_sparse_attn.vocab import build_tokenizer
+from hf_sparse_attn_lab.eval.methods import Method, build_methods, kept_density_of, streaming_changes
+from hf_sparse_attn_lab.eval.runner import evaluate, macro, write_report
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_block_size_sweep_runs_block_independent_methods_once():
 
 def test_streaming_rows_do_not_warn_that_the_forced_blocks_fill_the_budget(tiny, tok, monkeypatch, caplog):
     """Streaming is sink + local blocks by design; a top-k row whose budget they fill still warns."""
-    import hf_sparse_attn.log as log
+    import hf_sparse_attn.runtime.log as log
 
     monkeypatch.setattr(log, "_logged", set())
     run = partial(evaluate, tiny, tok, lengths=[256], tasks=["vt"], samples=1, batch_size=1, progress=False)
@@ -203,7 +203,7 @@ def test_report_has_a_per_layer_density_table(tiny, tok, tmp_path):
 def test_density_for_kept_inverts_the_kept_density_of_a_budget():
     from dataclasses import replace
 
-    from hf_sparse_attn.eval.methods import density_for_kept, kept_density_of
+    from hf_sparse_attn_lab.eval.methods import density_for_kept, kept_density_of
 
     cfg = SparseAttentionConfig(block_size=64, density=0.125, dense_tail_blocks=1, local_blocks=2)
     for density in (0.05, 0.2, 0.37, 0.9):
@@ -216,8 +216,8 @@ def test_density_for_kept_inverts_the_kept_density_of_a_budget():
 
 
 def test_matched_topk_rows_keep_what_the_adaptive_method_kept(tiny, tok):
-    from hf_sparse_attn.eval.methods import matched_topk_methods
-    from hf_sparse_attn.eval.runner import evaluate_matched_topk
+    from hf_sparse_attn_lab.eval.methods import matched_topk_methods
+    from hf_sparse_attn_lab.eval.runner import evaluate_matched_topk
 
     methods = build_methods(["indexer_topp", "indexer"], [0.25], [0.6])
     rows = evaluate(tiny, tok, methods, [256], ["niah_single_1"], samples=2, batch_size=2, progress=False)
@@ -234,7 +234,7 @@ def test_matched_topk_rows_keep_what_the_adaptive_method_kept(tiny, tok):
 
 
 def test_eval_cli_refuses_matched_topk_without_an_adaptive_method(capsys):
-    from hf_sparse_attn.cli import main
+    from hf_sparse_attn_cli import main
 
     assert main(["eval", "--methods", "dense,indexer", "--matched-topk"]) == 2
     assert "--matched-topk needs at least one adaptive method" in capsys.readouterr().err
@@ -243,11 +243,11 @@ def test_eval_cli_refuses_matched_topk_without_an_adaptive_method(capsys):
 def test_eval_cli_set_changes_the_config_of_every_method(tmp_path):
     from transformers import AutoTokenizer
 
-    from hf_sparse_attn.cli import main
-    from hf_sparse_attn.eval.methods import kept_density_of
-    from hf_sparse_attn.eval.runner import EVAL_SEED
-    from hf_sparse_attn.eval.tasks import generate
-    from hf_sparse_attn.proxy import PROXY_DIR
+    from hf_sparse_attn.tasks import generate
+    from hf_sparse_attn_cli import main
+    from hf_sparse_attn_lab.eval.methods import kept_density_of
+    from hf_sparse_attn_lab.eval.runner import EVAL_SEED
+    from hf_sparse_attn_lab.proxy import PROXY_DIR
 
     base = SparseAttentionConfig.from_pretrained(PROXY_DIR)
     args = ["eval", "--methods", "block_oracle", "--densities", "0.1", "--lengths", "512"]
@@ -279,7 +279,7 @@ def test_eval_cli_set_changes_the_config_of_every_method(tmp_path):
     ],
 )
 def test_eval_cli_set_rejects_unknown_and_per_method_fields(setting, message, capsys):
-    from hf_sparse_attn.cli import main
+    from hf_sparse_attn_cli import main
 
     with pytest.raises(SystemExit):
         main(["eval", "--set", setting])
@@ -287,7 +287,7 @@ def test_eval_cli_set_rejects_unknown_and_per_method_fields(setting, message, ca
 
 
 def test_eval_cli_set_rejects_architecture_fields(capsys, tmp_path):
-    from hf_sparse_attn.cli import main
+    from hf_sparse_attn_cli import main
 
     args = ["eval", "--methods", "dense", "--lengths", "512", "--samples", "1", "--tasks", "niah_single_1"]
     assert main(args + ["--device", "cpu", "--set", "indexer_dim=32", "--out", str(tmp_path)]) == 2

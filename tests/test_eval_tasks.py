@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from hf_sparse_attn.eval.tasks import TASKS, generate, score
-from hf_sparse_attn.eval.vocab import build_tokenizer, save_tokenizer
+from hf_sparse_attn.tasks import TASKS, generate, score
+from hf_sparse_attn.vocab import build_tokenizer, save_tokenizer
 
 
 @pytest.fixture(scope="module")

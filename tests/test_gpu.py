@@ -64,7 +64,7 @@ def test_model_full_density_matches_sdpa_on_cuda():
 def test_sparse_decode_bf16(L, B, Hq, Hkv, D):
     from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention as ref_fn
     from hf_sparse_attn.ops.sparse_decode.triton import sparse_decode_attention_triton
-    from hf_sparse_attn.selection import select_decode_blocks
+    from hf_sparse_attn.runtime.selection import select_decode_blocks
 
     torch.manual_seed(L + B)
     q = torch.randn(B, Hq, 1, D, device="cuda", dtype=torch.bfloat16)
@@ -82,7 +82,7 @@ def test_attention_path_never_waits_on_the_host():
     """Sparse prefill and sparse decode of one layer under CUDA's sync debug mode set to error."""
     from conftest import build, qwen3_config
 
-    from hf_sparse_attn.attention import sparse_prefill_attention
+    from hf_sparse_attn.runtime.attention import sparse_prefill_attention
 
     model = build(qwen3_config(num_heads=8, num_kv_heads=2, head_dim=64)).cuda().to(torch.bfloat16)
     cfg = SparseAttentionConfig(block_size=64, density=0.1, min_sparse_len=1024, sparse_decode=True)

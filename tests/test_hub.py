@@ -225,12 +225,13 @@ def test_rendered_tokenizer_config_drops_the_options_of_an_offline_load(hub, tmp
     assert bundled["_name_or_path"] == "proxy-qwen3"
 
 
-@pytest.mark.parametrize("folder", ["modeling", "hf_sparse_attn/assets/proxy-qwen3"])
-def test_checked_in_modeling_file_is_current(folder):
-    assert (ROOT / folder / MODELING_FILE).read_text() == render_modeling_file(), (
-        f'{folder}/{MODELING_FILE} is stale: run `python -c "from hf_sparse_attn.hub.bundle import '
-        f"write_modeling_file; write_modeling_file('{folder}')\"`"
-    )
+def test_bundle_takes_the_whole_runtime_folder_without_shadowing():
+    from hf_sparse_attn.hub.bundle import RUNTIME_DIR, bundled_modules
+
+    runtime = {f"runtime/{p.name}" for p in RUNTIME_DIR.glob("*.py") if p.name != "__init__.py"}
+    assert runtime <= set(bundled_modules())
+    source = render_modeling_file()  # refuses a name defined twice
+    assert "noqa: F811" not in source and source.rstrip().endswith("ops = HubKernelOps()")
 
 
 def test_kernel_repo_loads_with_get_local_kernel_and_local_kernels(tmp_path, monkeypatch):
@@ -251,23 +252,119 @@ def test_kernel_repo_loads_with_get_local_kernel_and_local_kernels(tmp_path, mon
     torch.testing.assert_close(via_env.block_sparse_attention(q, k, v, num, idx, 16, 0.25)[0], ref)
 
 
-def test_checked_in_kernel_build_is_current(tmp_path):
-    fresh = build_kernel_repo(tmp_path / "kr") / "build" / "torch-universal"
-    shipped = ROOT / "hub_kernels" / "build" / "torch-universal"
-    files = sorted(
-        p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
-    assert files == sorted(
-        p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
-    for rel in files:
-        assert (fresh / rel).read_text() == (shipped / rel).read_text(), (
-            f"hub_kernels/{rel} is stale: hf-sparse-attn build-kernels"
-        )
-
-
 def test_load_indexer_round_trip_from_rendered_repo(hub):
     model = load_indexer(build(qwen3_config()), hub["tmp"] / "sparse")
     ids = torch.arange(100).remainder(128)[None]
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, _reference_logits(hub, ids))
+
+
+def _pinned_ops(repo: Path, pin_overrides: dict | None = None):
+    from hf_sparse_attn.hub.publish import kernel_pin
+    from hf_sparse_attn.runtime.remote_model import HubKernelOps
+
+    ops = HubKernelOps()
+    ops.set_pin({**kernel_pin("hf-sparse-attn/sparse-prefill-kernels", "f" * 40), **(pin_overrides or {})})
+    return ops
+
+
+class _CudaLike:
+    """Stands in for a CUDA tensor in the loader's device check (the loader only asks ``is_cuda``)."""
+
+    is_cuda = True
+
+
+def test_kernel_pin_is_a_commit_and_verified_by_hash(tmp_path, monkeypatch):
+    pytest.importorskip("kernels")
+    repo = build_kernel_repo(tmp_path / "kr")
+    monkeypatch.setenv("LOCAL_KERNELS", f"hf-sparse-attn/sparse-prefill-kernels={repo}")
+    ops = _pinned_ops(repo)
+    module = ops.module(_CudaLike())
+    assert module is not None and hasattr(module, "block_sparse_attention")
+
+
+def test_kernel_files_that_differ_from_the_pin_raise(tmp_path, monkeypatch):
+    pytest.importorskip("kernels")
+    from hf_sparse_attn.runtime.remote_model import KernelIntegrityError
+
+    repo = build_kernel_repo(tmp_path / "kr")
+    ops = _pinned_ops(repo)  # hashes of the untampered build
+    target = repo / "build" / "torch-universal" / "common.py"
+    target.write_text(target.read_text() + "\nEVIL = True\n")
+    monkeypatch.setenv("LOCAL_KERNELS", f"hf-sparse-attn/sparse-prefill-kernels={repo}")
+    with pytest.raises(KernelIntegrityError, match="common.py"):
+        ops.module(_CudaLike())
+
+
+def test_unpinned_kernel_repo_runs_the_reference_and_says_why(caplog):
+    from hf_sparse_attn.runtime.remote_model import HubKernelOps
+
+    ops = HubKernelOps()
+    ops.set_pin({"repo": "hf-sparse-attn/sparse-prefill-kernels", "revision": "main"})
+    with caplog.at_level("WARNING", logger="sparse_prefill"):
+        assert ops.module(_CudaLike()) is None
+    assert "40-hex commit" in caplog.text and "reference" in caplog.text
+
+
+def test_a_second_kernel_pin_in_one_process_is_refused(caplog):
+    from hf_sparse_attn.runtime.remote_model import HubKernelOps
+
+    ops = HubKernelOps()
+    ops.set_pin({"repo": "a/b", "revision": None})
+    ops.module(_CudaLike())
+    ops.set_pin({"repo": "a/b", "revision": None})  # same pin: fine
+    with pytest.raises(RuntimeError, match="same kernel pin"):
+        ops.set_pin({"repo": "a/b", "revision": "1" * 40})
+
+
+def test_publish_refuses_an_out_folder_with_other_files(hub, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".env").write_text("HF_TOKEN=secret")
+    with pytest.raises(ValueError, match=r"\.env"):
+        render_repo(out, hub["tmp"] / "indexer", "test-org/tiny-base", model_dir=hub["tmp"] / "base")
+    with pytest.raises(ValueError, match="input folder"):
+        render_repo(
+            hub["tmp"] / "indexer",
+            hub["tmp"] / "indexer",
+            "test-org/tiny-base",
+            model_dir=hub["tmp"] / "base",
+        )
+
+
+def test_push_uploads_exactly_the_rendered_files(hub, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from hf_sparse_attn.hub.publish import push
+
+    out = render_repo(
+        tmp_path / "out", hub["tmp"] / "indexer", "test-org/tiny-base", model_dir=hub["tmp"] / "base"
+    )
+    calls = {}
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **k: calls.update(k) or "ok")
+    push(out, "test-org/x")
+    assert sorted(calls["allow_patterns"]) == sorted(
+        p.name for p in out.iterdir() if not p.name.startswith(".hf_sparse_attn")
+    )
+    (out / "id_rsa").write_text("key")
+    with pytest.raises(ValueError, match="id_rsa"):
+        push(out, "test-org/x")
+
+
+def test_publish_refuses_a_local_base_model_path_and_an_unpinned_base(hub, tmp_path):
+    with pytest.raises(ValueError, match="not a local path"):
+        render_repo(
+            tmp_path / "a", hub["tmp"] / "indexer", str(hub["tmp"] / "base"), model_dir=hub["tmp"] / "base"
+        )
+    with pytest.raises(ValueError, match="40-hex commit"):
+        render_repo(tmp_path / "b", hub["tmp"] / "indexer", "test-org/tiny-base", "main")
+
+
+def test_publish_offline_needs_a_commit_sha_up_front(monkeypatch):
+    from hf_sparse_attn.hub.publish import resolve_revision
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="--base-revision must be a 40-hex commit sha when offline"):
+        resolve_revision("Qwen/Qwen3-8B", None, "base model", "--base-revision")
+    assert resolve_revision("Qwen/Qwen3-8B", "a" * 40, "base model", "--base-revision") == "a" * 40

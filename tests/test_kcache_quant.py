@@ -39,9 +39,9 @@ def test_bad_format_and_group_raise():
 
 
 def test_selection_agreement_on_the_bundled_proxy():
-    from hf_sparse_attn.eval.kcache_agreement import kcache_selection_agreement
-    from hf_sparse_attn.eval.runner import calibration_prompts
-    from hf_sparse_attn.proxy import PROXY_DIR, load_proxy
+    from hf_sparse_attn_lab.eval.kcache_agreement import kcache_selection_agreement
+    from hf_sparse_attn_lab.eval.runner import calibration_prompts
+    from hf_sparse_attn_lab.proxy import PROXY_DIR, load_proxy
 
     model, tok = load_proxy(PROXY_DIR)
     result = kcache_selection_agreement(
@@ -93,8 +93,8 @@ def test_triton_kernels_reject_sizes_they_cannot_run():
 def test_kcache_agreement_cli_writes_a_table(tmp_path, capsys, monkeypatch):
     import json
 
-    import hf_sparse_attn.eval.kcache_agreement as agreement
-    from hf_sparse_attn.cli import main
+    import hf_sparse_attn_lab.eval.kcache_agreement as agreement
+    from hf_sparse_attn_cli import main
 
     assert main(["kcache-agreement", "--length", "512", "--groups", "16", "--out", str(tmp_path)]) == 2
     assert "use longer prompts" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from transformers import LlamaConfig
 
 import hf_sparse_attn as hsa
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer, load_indexer, save_indexer
-from hf_sparse_attn.modeling import WEIGHTS_NAME, indexer_state_dict
+from hf_sparse_attn.runtime.modeling import WEIGHTS_NAME, indexer_state_dict
 
 FULL = {"block_size": 16, "density": 1.0, "min_sparse_len": 16}
 
@@ -62,8 +62,8 @@ def test_sparse_density_changes_output_and_reports_density():
 def test_forced_blocks_fill_budget_iff_the_selector_adds_no_block(block_size, tail):
     from dataclasses import replace
 
-    from hf_sparse_attn.eval.methods import kept_density_of
-    from hf_sparse_attn.selection import forced_blocks_fill_budget
+    from hf_sparse_attn.runtime.selection import forced_blocks_fill_budget
+    from hf_sparse_attn_lab.eval.methods import kept_density_of
 
     verdicts = set()
     for seq_len in (1024, 2048, 4096, 8192):
@@ -80,7 +80,7 @@ def test_forced_blocks_fill_budget_iff_the_selector_adds_no_block(block_size, ta
 
 @torch.no_grad()
 def test_budget_the_forced_blocks_fill_is_warned_once(monkeypatch, caplog):
-    import hf_sparse_attn.log as log
+    import hf_sparse_attn.runtime.log as log
 
     monkeypatch.setattr(log, "_logged", set())
     dense = build(qwen3_config())
@@ -265,7 +265,7 @@ def test_sparse_prefill_never_builds_an_s_by_s_tensor(monkeypatch):
     S = 2048
     cfg = qwen3_config(num_heads=2, num_kv_heads=1, layers=1)
     model = attach_indexer(build(cfg), SparseAttentionConfig(block_size=64, top_k=4, min_sparse_len=16))
-    from hf_sparse_attn.attention import sparse_prefill_attention
+    from hf_sparse_attn.runtime.attention import sparse_prefill_attention
 
     attn = model.model.layers[0].self_attn
     q = torch.randn(1, 2, S, 16)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from hf_sparse_attn.eval.tasks import generate
-from hf_sparse_attn.eval.vocab import build_tokenizer
-from hf_sparse_attn.proxy import (
+from hf_sparse_attn.tasks import generate
+from hf_sparse_attn.vocab import build_tokenizer
+from hf_sparse_attn_lab.proxy import (
     PROXY_DIR,
     ProxyTrainingConfig,
     TaskBatches,
@@ -68,7 +68,7 @@ def test_length_curriculum_reaches_train_len_at_70_percent():
 def test_proxy_loss_is_answer_ce_plus_weighted_prompt_ce(tok):
     from transformers import AutoModelForCausalLM
 
-    from hf_sparse_attn.proxy import proxy_config
+    from hf_sparse_attn_lab.proxy import proxy_config
 
     torch.manual_seed(0)
     cfg = proxy_config(tok)

@@ -41,7 +41,7 @@ def test_smoke_recipe(tmp_path, family, extra):
 
 
 def test_cli_distill_forwards_to_recipe(tmp_path):
-    from hf_sparse_attn.cli import main
+    from hf_sparse_attn_cli import main
 
     assert main(["distill", "qwen3", "--smoke", "--output-dir", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "indexer.safetensors").exists()

@@ -7,7 +7,7 @@ import torch
 from conftest import VOCAB, build, qwen3_config
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer, indexers, select_blocks
-from hf_sparse_attn.patterns import pattern_block_scores
+from hf_sparse_attn.runtime.patterns import pattern_block_scores
 
 
 def _chosen(blocks, b, g, i):
@@ -97,7 +97,7 @@ def test_config_validates_new_fields():
 
 def test_with_dense_groups_keeps_retrieval_heads_full_and_others_unchanged():
     from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
-    from hf_sparse_attn.selection import with_dense_groups
+    from hf_sparse_attn.runtime.selection import with_dense_groups
 
     torch.manual_seed(0)
     cfg = SparseAttentionConfig(block_size=16, top_k=2, local_blocks=1, min_sparse_len=1)
@@ -145,7 +145,7 @@ def test_all_retrieval_heads_make_the_sparse_model_dense():
 
 def test_find_retrieval_heads_scores_long_range_mass():
     from hf_sparse_attn import update_sparse_config
-    from hf_sparse_attn.retrieval_heads import find_retrieval_heads, long_range_mass
+    from hf_sparse_attn_lab.retrieval_heads import find_retrieval_heads, long_range_mass
 
     config = qwen3_config()
     model = attach_indexer(

@@ -10,11 +10,11 @@ import torch
 from conftest import build, qwen3_config
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer, indexers, select_blocks
-from hf_sparse_attn.decode import IndexerKCache
 from hf_sparse_attn.ops.decode_mass.naive import decode_block_mass
 from hf_sparse_attn.ops.kcache_quant.naive import bytes_per_vector, dequantize, quantize
 from hf_sparse_attn.ops.sparse_decode.naive import sparse_decode_attention
-from hf_sparse_attn.selection import select_decode_blocks
+from hf_sparse_attn.runtime.decode import IndexerKCache
+from hf_sparse_attn.runtime.selection import select_decode_blocks
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 

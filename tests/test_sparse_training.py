@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_sparse_attn.config import SparseAttentionConfig
 from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention
-from hf_sparse_attn.oracle import oracle_block_scores
-from hf_sparse_attn.proxy import ProxyTrainingConfig, train_proxy
-from hf_sparse_attn.selection import select_blocks
-from hf_sparse_attn.sparse_training import oracle_sparse_training_attention, oracle_token_mask
+from hf_sparse_attn.runtime.config import SparseAttentionConfig
+from hf_sparse_attn.runtime.oracle import oracle_block_scores
+from hf_sparse_attn.runtime.selection import select_blocks
+from hf_sparse_attn_lab.proxy import ProxyTrainingConfig, train_proxy
+from hf_sparse_attn_lab.sparse_training import oracle_sparse_training_attention, oracle_token_mask
 
 B, HQ, HKV, S, D = 2, 4, 2, 100, 16  # S not a multiple of the block
 
@@ -160,7 +160,7 @@ def _block_view(mask: torch.Tensor, bs: int) -> torch.Tensor:
 
 
 def test_sparse_aware_continuation_trains_from_a_checkpoint(tmp_path, monkeypatch):
-    import hf_sparse_attn.sparse_training as st
+    import hf_sparse_attn_lab.sparse_training as st
 
     base = ProxyTrainingConfig(train_len=192, min_len=160, steps=2, tokens_per_step=384, warmup_steps=1)
     train_proxy(tmp_path / "v1", base, device="cpu", num_workers=0)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from conftest import build, qwen3_config
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer
-from hf_sparse_attn.attention import sparse_prefill_attention
+from hf_sparse_attn.runtime.attention import sparse_prefill_attention
 
 
 def main(selector: str) -> None:

@@ -51,6 +51,12 @@ def block_sparse_attention(
         return _bsa_naive.block_sparse_attention(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise NotImplementedError(
+            "the Triton block-sparse attention kernel has no backward: fine-tune with dense attention "
+            "(model.set_attn_implementation('sdpa')), or set HF_SPARSE_ATTN_BACKEND=reference for the slow, "
+            "differentiable PyTorch path"
+        )
     from .block_sparse_attn.triton import block_sparse_attn_fwd
 
     return block_sparse_attn_fwd(

@@ -1,0 +1,282 @@
+"""`hf-sparse-attn eval`: task accuracy per (method, length), with the density each method really kept.
+
+The model runs greedy generation through ``model.generate`` on left-padded batches (what
+``pipeline("text-generation")`` does); the prefill goes through the method's selection, decode steps
+are dense. Samples are seeded per (task, length, index), so every method sees the same prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from hf_sparse_attn.runtime.attention import (
+    FORCED_BLOCKS_FILL_BUDGET,
+    clear_selections,
+    kept_density_per_layer,
+)
+from hf_sparse_attn.runtime.log import silenced
+from hf_sparse_attn.runtime.modeling import ARCHITECTURE_FIELDS, sparse_config_of, update_sparse_config
+from hf_sparse_attn.tasks import TASKS, generate, score
+
+from ..proxy import greedy_answers
+from .methods import Method, attention_name, matched_topk_methods, register_token_oracle, streaming_changes
+
+EVAL_SEED = 1_000_000
+CALIBRATION_SEED = 3_000_000
+
+
+def calibration_prompts(
+    tokenizer, length: int, per_task: int = 1, tasks: list[str] | None = None
+) -> list[torch.Tensor]:
+    """[1, S] token ids (BOS + prompt) of every task, seeded apart from the eval prompts."""
+    out = []
+    for task in tasks or list(TASKS):
+        for i in range(per_task):
+            sample = generate(task, tokenizer, length, seed=CALIBRATION_SEED + 7919 * i)
+            ids = [tokenizer.bos_token_id] + tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+            out.append(torch.tensor([ids]))
+    return out
+
+
+def answer_budget(task: str) -> int:
+    """Greedy tokens to generate: enough for the longest answer of the task plus separators."""
+    return {"niah_multivalue": 40, "niah_multiquery": 40, "cwe": 30, "vt": 16}.get(task, 20)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer,
+    methods: list[Method],
+    lengths: list[int],
+    tasks: list[str] | None = None,
+    samples: int = 20,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """One row per (method, length, task): accuracy, measured kept density, seconds."""
+    from tqdm.auto import tqdm
+
+    tasks = tasks or list(TASKS)
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
+    register_token_oracle()
+    base = sparse_config_of(model).to_dict()
+    rows: list[dict] = []
+    bar = tqdm(total=len(methods) * len(lengths) * len(tasks), desc="eval", disable=not progress)
+    try:
+        for length in lengths:
+            prompts = {
+                t: [generate(t, tokenizer, length, seed=EVAL_SEED + 7919 * i) for i in range(samples)]
+                for t in tasks
+            }
+            for method in methods:
+                changes = dict(method.changes)
+                quiet = nullcontext()
+                if method.name == "streaming":
+                    changes.pop("density")
+                    config = replace(sparse_config_of(model), **_restore(base, changes))
+                    changes.update(streaming_changes(method, length, config))
+                    # sink + local blocks only by design: the warning that they fill the budget would
+                    # tell the user to fix what the baseline is meant to be
+                    quiet = silenced(FORCED_BLOCKS_FILL_BUDGET)
+                changes["min_sparse_len"] = min(lengths) // 2
+                update_sparse_config(model, **_restore(base, changes))
+                model.set_attn_implementation(attention_name(method))
+                with quiet:
+                    for task in tasks:
+                        bar.set_postfix_str(f"{length} {method.label} {task}")
+                        rows.append(_run(model, tokenizer, method, length, task, prompts[task], batch_size))
+                        bar.update()
+    finally:
+        update_sparse_config(model, **_restore(base, {}))
+        model.set_attn_implementation("sparse_prefill")
+        bar.close()
+    return rows
+
+
+def _restore(base: dict, changes: dict) -> dict:
+    fixed = ("format_version", *ARCHITECTURE_FIELDS)
+    keep = {k: v for k, v in base.items() if k not in fixed}
+    if {"top_k", "density", "top_p"} & set(changes):
+        keep.update(top_k=None, density=None, top_p=None, layer_top_p=None)
+    return keep | changes
+
+
+def _run(model, tokenizer, method: Method, length: int, task: str, samples, batch_size: int) -> dict:
+    per_layer: list[dict[int, float]] = []
+    outputs = []
+    start = time.perf_counter()
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        outputs += greedy_answers(
+            model, tokenizer, [s.prompt for s in chunk], answer_budget(task), batch_size
+        )
+        if method.name not in ("dense", "token_oracle"):
+            per_layer.append(kept_density_per_layer(model))
+    clear_selections(model)
+    correct = [score(o, s.answers, tokenizer) for o, s in zip(outputs, samples, strict=True)]
+    layers = sorted({layer for batch in per_layer for layer in batch})
+    layer_density = {
+        layer: sum(b[layer] for b in per_layer if layer in b) / sum(layer in b for b in per_layer)
+        for layer in layers
+    }
+    if method.name == "token_oracle":
+        measured = method.target_density
+    elif method.name == "dense":
+        measured = 1.0
+    else:
+        measured = sum(layer_density.values()) / len(layer_density) if layer_density else None
+    return {
+        "method": method.name,
+        "label": method.label,
+        "length": length,
+        "task": task,
+        "accuracy": sum(correct) / len(correct),
+        "samples": len(correct),
+        "target_density": method.target_density,
+        "density": measured,
+        "layer_density": layer_density,
+        "block_size": method.changes.get("block_size"),
+        "seconds": round(time.perf_counter() - start, 2),
+        "example_output": outputs[0],
+        "example_answers": samples[0].answers,
+    }
+
+
+def evaluate_matched_topk(
+    model: torch.nn.Module,
+    tokenizer,
+    rows: list[dict],
+    tasks: list[str] | None = None,
+    samples: int = 20,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """Rows of the indexer at top-k (density) budgets whose kept density equals what each adaptive
+    method (top-p, dual top-p, retrieval heads, horizontal rows) kept in ``rows``, on the same prompts."""
+    out: list[dict] = []
+    for length, methods in matched_topk_methods(macro(rows), sparse_config_of(model)).items():
+        out += evaluate(model, tokenizer, methods, [length], tasks, samples, batch_size, progress)
+    return out
+
+
+def macro(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """{(label, length): {"accuracy": macro over tasks, "density": mean measured density, ...}}."""
+    out: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        entry = out.setdefault(
+            (r["label"], r["length"]),
+            {"method": r["method"], "block_size": r.get("block_size"), "acc": [], "dens": []},
+        )
+        entry["acc"].append(r["accuracy"])
+        if r["density"] is not None:
+            entry["dens"].append(r["density"])
+    return {
+        key: {
+            "method": e["method"],
+            "block_size": e["block_size"],
+            "accuracy": sum(e["acc"]) / len(e["acc"]),
+            "density": sum(e["dens"]) / len(e["dens"]) if e["dens"] else None,
+        }
+        for key, e in out.items()
+    }
+
+
+def write_report(rows: list[dict], out_dir: str | os.PathLike, meta: dict) -> dict[str, str]:
+    """JSON (rows + meta), a markdown table per length, and PNG plots (if matplotlib is installed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "eval.json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    lengths = sorted({r["length"] for r in rows})
+    summary = macro(rows)
+    lines = [f"# Eval: {meta.get('model', '')}", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items() if k != "model"]
+    for length in lengths:
+        lines += ["", f"## {length} tokens", ""]
+        lines.append("| method | kept density | macro | " + " | ".join(tasks) + " |")
+        lines.append("|---|---|---|" + "---|" * len(tasks))
+        for label in dict.fromkeys(r["label"] for r in rows if r["length"] == length):
+            acc = {r["task"]: r["accuracy"] for r in rows if r["label"] == label and r["length"] == length}
+            s = summary[(label, length)]
+            dens = "-" if s["density"] is None else f"{s['density']:.3f}"
+            cells = " | ".join(f"{100 * acc[t]:.0f}" if t in acc else "-" for t in tasks)
+            lines.append(f"| {label} | {dens} | **{100 * s['accuracy']:.1f}** | {cells} |")
+    lines += _layer_table(rows, lengths)
+    (out / "eval.md").write_text("\n".join(lines) + "\n")
+    files = {"json": str(out / "eval.json"), "markdown": str(out / "eval.md")}
+    files.update(_plots(summary, lengths, out))
+    return files
+
+
+def _layer_table(rows: list[dict], lengths: list[int]) -> list[str]:
+    """Per-layer kept density of each block-sparse method (mean over tasks): where the budget went."""
+    per: dict[tuple[str, int], dict[int, list[float]]] = {}
+    for r in rows:
+        for layer, d in (r.get("layer_density") or {}).items():
+            per.setdefault((r["label"], r["length"]), {}).setdefault(int(layer), []).append(d)
+    if not per:
+        return []
+    layers = sorted({layer for v in per.values() for layer in v})
+    lines = ["", "## Per-layer kept density (mean over tasks)", ""]
+    lines.append("| method | length | " + " | ".join(f"layer {i}" for i in layers) + " |")
+    lines.append("|---|---|" + "---|" * len(layers))
+    for length in lengths:
+        for (label, n), v in per.items():
+            if n == length:
+                cells = " | ".join(f"{sum(v[i]) / len(v[i]):.3f}" if i in v else "-" for i in layers)
+                lines.append(f"| {label} | {n} | {cells} |")
+    return lines
+
+
+def _plots(summary: dict, lengths: list[int], out: Path) -> dict[str, str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    files = {}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours beyond 10 methods
+    for label in dict.fromkeys(k[0] for k in summary):
+        xs = [n for n in lengths if (label, n) in summary]
+        ax.plot(xs, [100 * summary[(label, n)]["accuracy"] for n in xs], marker="o", label=label)
+    ax.set(xscale="log", xlabel="prompt tokens", ylabel="macro accuracy (%)", title="accuracy vs length")
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_length.png", dpi=120)
+    files["plot_length"] = str(out / "accuracy_vs_length.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours beyond 10 methods
+    by_method: dict[str, list[tuple[float, float]]] = {}
+    for (label, n), s in summary.items():
+        if n == lengths[0] and s["density"] is not None:
+            name = s["method"] + ("" if "block_size" not in label else " " + label.split()[-1])
+            by_method.setdefault(name, []).append((s["density"], 100 * s["accuracy"]))
+    for name, pts in by_method.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set(
+        xlabel="kept density",
+        ylabel="macro accuracy (%)",
+        title=f"accuracy vs density at {lengths[0]} tokens",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_density.png", dpi=120)
+    files["plot_density"] = str(out / "accuracy_vs_density.png")
+    plt.close(fig)
+    return files

@@ -1,2 +1,0 @@
-# Generated from hf_sparse_attn/ops/decode_mass/__init__.py (hf-sparse-attn 0.1.0, ops 52b9c680fcd2); do not edit.
-"""Indexer softmax mass of one decode query row, pooled per key block (the sparse-decode block score)."""
