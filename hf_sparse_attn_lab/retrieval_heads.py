@@ -1,4 +1,4 @@
-"""Find retrieval heads (seed 001): the kv groups whose queries read far-away context.
+"""Find retrieval heads (RTPurbo): the kv groups whose queries read far-away context.
 
 Scoring procedure, on calibration prompts run dense: for every indexed layer and kv head, take the
 last ``probe_queries`` queries of each prompt, their causal softmax attention averaged over the

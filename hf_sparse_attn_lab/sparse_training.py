@@ -1,7 +1,7 @@
 """Block-oracle sparse attention with gradients, for training the proxy backbone sparse-aware.
 
-A pretrained LLM's long-context attention is concentrated (seed 000: the attention-mass oracle stays
-within 1 point of dense on Qwen-family models; seed 001: full-attention LLMs are intrinsically
+A pretrained LLM's long-context attention is concentrated (Oracle-Guided Sparse Prefill: the attention-mass oracle stays
+within 1 point of dense on Qwen-family models; RTPurbo: full-attention LLMs are intrinsically
 sparse). A 5M-parameter model trained only on the task
 suite spreads it instead: proxy v2 lost 20 points from dense to the block oracle at 17.5% kept
 blocks, so no selector could be judged on it. Running part of the training steps with

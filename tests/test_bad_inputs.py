@@ -100,7 +100,7 @@ def test_backward_through_the_reference_block_sparse_attention():
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     ref = dense_causal_attention(q, k, v, 0.25)[0]
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 

@@ -240,6 +240,7 @@ def test_eval_cli_refuses_matched_topk_without_an_adaptive_method(capsys):
     assert "--matched-topk needs at least one adaptive method" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_cli_set_changes_the_config_of_every_method(tmp_path):
     from transformers import AutoTokenizer
 

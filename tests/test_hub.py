@@ -122,6 +122,7 @@ print(json.dumps({{"cls": type(model).__name__, "logits": logits[0, -3:].tolist(
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "repo,extra",
     [("test-org/tiny-sparse", ""), ("test-org/tiny-full", ""), ("test-org/tiny-full", ", revision='e' * 40")],
@@ -135,6 +136,7 @@ def test_offline_load_without_hf_sparse_attn(hub, repo, extra):
     torch.testing.assert_close(torch.tensor(out["logits"]), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_pipeline_on_loaded_repo(hub):
     proc = run_offline(
         hub,

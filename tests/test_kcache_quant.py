@@ -90,6 +90,7 @@ def test_triton_kernels_reject_sizes_they_cannot_run():
         )
 
 
+@pytest.mark.slow
 def test_kcache_agreement_cli_writes_a_table(tmp_path, capsys, monkeypatch):
     import json
 

@@ -89,6 +89,7 @@ def test_proxy_loss_is_answer_ce_plus_weighted_prompt_ce(tok):
     torch.testing.assert_close(only, ref_answer, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_proxy_smoke_writes_hub_layout(tmp_path):
     cfg = ProxyTrainingConfig(train_len=192, min_len=128, steps=3, tokens_per_step=512, warmup_steps=1)
     summary = train_proxy(tmp_path, cfg, device="cpu", num_workers=0, log_every=1)
@@ -147,6 +148,7 @@ def test_distill_proxy_recipe_defaults_are_the_bundled_serving_config():
     assert args.tasks and args.seq_len == 4096 and args.kl_blocks == "candidates"
 
 
+@pytest.mark.slow
 def test_resumed_training_matches_the_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 

@@ -57,6 +57,7 @@ def test_recipe_requires_training_data():
         _dataset(args, None, None)
 
 
+@pytest.mark.slow
 def test_train_proxy_recipe_passes_sparse_options_and_task_weights(tmp_path):
     script = str(ROOT / "recipes" / "train_proxy.py")
     out = tmp_path / "proxy"

@@ -27,20 +27,20 @@ class SparseAttentionConfig:
     causal blocks of the last ``dense_tail_blocks`` query blocks of each sequence: the prompt's final
     positions produce the first generated token, and computing them densely costs one block row (1/n
     of the causal blocks at n blocks; 0.1% at 128K with blocks of 64). ``layer_top_p`` (with
-    ``top_p``) adds seed 003's per-layer rule: see ``selection.select_blocks``.
+    ``top_p``) adds SpotAttention's per-layer rule: see ``selection.select_blocks``.
 
     Selectors: ``"indexer"`` (trained), ``"oracle"`` (the dense attention's own block mass: a
     diagnostic), ``"patterns"`` (training-free vertical + slash estimate from the last
     ``probe_queries`` queries), ``"random"`` (uniform random scores, seeded per layer: the baseline that
     shows a task needs retrieval).
 
-    ``retrieval_heads`` (seed 001): ``[layer, kv_head]`` pairs whose kv group attends to every causal
+    ``retrieval_heads`` (RTPurbo): ``[layer, kv_head]`` pairs whose kv group attends to every causal
     block while the layer's other heads go sparse, in the same kernel launch; found on calibration
-    prompts by ``retrieval_heads.find_retrieval_heads``. ``horizontal_threshold`` (seed 002's
+    prompts by ``retrieval_heads.find_retrieval_heads``. ``horizontal_threshold`` (the decomposition paper's
     horizontal component): a query block whose last query keeps less than this share of its dense
     attention mass inside its selected blocks attends to every causal block (see ``patterns``).
 
-    ``sparse_decode`` (seeds 001 / 003, off by default): each decode step scores the cached key
+    ``sparse_decode`` (RTPurbo / SpotAttention, off by default): each decode step scores the cached key
     blocks with the indexer's K-cache and attends to the budget's blocks (sink and local blocks
     forced) instead of the whole KV cache; see ``decode``. ``indexer_cache_format`` stores that
     K-cache in the model dtype (``"native"``) or in 4 bits (``"int4"`` / ``"fp4"``, FP8 scale per 16

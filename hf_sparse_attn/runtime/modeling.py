@@ -235,7 +235,8 @@ def _resolve(path_or_repo: str | os.PathLike, revision: str | None) -> str:
 def _read_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(path, framework="pt") as f:
-            return {n: f.get_tensor(n) for n in f.keys()}, f.metadata() or {}
+            names = f.keys()
+            return {n: f.get_tensor(n) for n in names}, f.metadata() or {}
     except Exception as err:
         raise ValueError(
             f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); re-save it with "

@@ -1,4 +1,4 @@
-"""Attention-mass oracle (seed 000): what the dense attention itself would select.
+"""Attention-mass oracle (Oracle-Guided Sparse Prefill): what the dense attention itself would select.
 
 Block granularity (``oracle_block_scores``) is a selection source in the attention path
 (``selector="oracle"``) and the distillation teacher. Token granularity (``token_oracle_attention``)

@@ -1,4 +1,4 @@
-"""Training-free block scores from a cheap probe of the attention (seed 002's vertical + slash components).
+"""Training-free block scores from a cheap probe of the attention (the decomposition paper's vertical + slash components).
 
 The last ``probe_queries`` valid queries of each sequence attend densely (P x S, linear in S); their
 head-averaged attention (per selection group) is decomposed into

@@ -14,7 +14,7 @@ its smaller remaining mass points at. On proxy v5 (H100, 4096 tokens, 440 prompt
 forced-first rule scored 0.5-2.2 points below top-k at equal kept density, this rule 0.1 below to
 0.6 above (``results/proxy_v6/development/``).
 
-Dual top-p (``top_p`` + ``layer_top_p``, seed 003), on the same candidate mass: each row's candidate
+Dual top-p (``top_p`` + ``layer_top_p``, SpotAttention), on the same candidate mass: each row's candidate
 scores are normalized to sum to 1; the per-query rule gives each query block the smallest set reaching
 ``top_p`` of its own mass; the per-layer rule takes, over all rows of the layer (per batch row and
 group), the smallest set of candidate cells reaching ``layer_top_p`` x (number of rows with candidate

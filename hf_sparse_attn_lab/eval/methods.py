@@ -29,10 +29,10 @@ METHODS = {
     "block_oracle": "the blocks holding the most dense attention mass (selector='oracle')",
     "indexer": "the distilled indexer, a fixed share of each query block's causal blocks (top-k)",
     "indexer_topp": "the distilled indexer, smallest block set reaching mass p per query block (top_p)",
-    "indexer_dual_topp": "the distilled indexer, per-query top_p and per-layer layer_top_p (seed 003)",
+    "indexer_dual_topp": "the distilled indexer, per-query top_p and per-layer layer_top_p (SpotAttention)",
     "retrieval_heads": "the distilled indexer (density) with the calibrated retrieval kv heads kept dense",
     "patterns": "training-free vertical + slash estimate from the last queries (selector='patterns')",
-    "patterns_horizontal": "patterns plus seed 002's horizontal rows: query blocks whose probe keeps < "
+    "patterns_horizontal": "patterns plus the decomposition paper's horizontal rows: query blocks whose probe keeps < "
     "horizontal_threshold of its mass go dense",
     "streaming": "sink + local blocks only, window keeping what top-k at the density keeps (no retrieval)",
     "random": "sink + local + uniformly random blocks at the density (selector='random')",
