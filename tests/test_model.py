@@ -181,7 +181,7 @@ def test_save_load_round_trip(tmp_path, tiny_config):
     state = indexer_state_dict(model)
     assert all(n.startswith("layers.") and ".indexer." in n for n in state)
     fresh = load_indexer(build(tiny_config), tmp_path)
-    assert hsa.modeling.sparse_config_of(fresh) == cfg
+    assert hsa.runtime.modeling.sparse_config_of(fresh) == cfg
     assert torch.equal(fresh(ids).logits, ref)
 
 
