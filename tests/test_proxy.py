@@ -110,11 +110,11 @@ def test_bundled_proxy_is_a_small_bf16_hub_repo_with_its_indexer():
         "model.safetensors",
         "indexer.safetensors",
         "sparse_config.json",
-        "modeling_sparse_prefill.py",
         "tokenizer.json",
         "README.md",
     ):
         assert name in files, name
+    assert "modeling_sparse_prefill.py" not in files  # rendered by the demo into its cache, never stored
     config = json.loads((PROXY_DIR / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].endswith("SparseQwen3ForCausalLM")
     with safe_open(str(PROXY_DIR / "model.safetensors"), "pt") as f:
