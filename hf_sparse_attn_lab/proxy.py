@@ -15,7 +15,7 @@ tokenizer files, generation_config.json).
 runs every layer on its block oracle's selection (``sparse_training``), so the proxy's attention
 concentrates on few blocks as a pretrained LLM's does, and block selection can be judged on it.
 ``sparse_random_share`` runs part of those steps on random blocks, so the prompt's rows stop relying
-on attention spread over the whole context (what cost proxy v4 its block-oracle accuracy).
+on attention spread over the whole context (what cost an earlier proxy checkpoint its block-oracle accuracy).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class ProxyTrainingConfig:
         A ``sparse_fraction`` of the steps, drawn from (seed, step), run each layer on the blocks its
         dense attention ranks highest, at a density drawn from ``sparse_density``: one sink, two local
         blocks, ``sparse_dense_tail_blocks`` dense last blocks and one selection for all heads, on
-        blocks of ``sparse_block_size`` tokens (the bundled v6 weights were trained with blocks of 64
+        blocks of ``sparse_block_size`` tokens (the bundled weights were trained with blocks of 64
         and a dense last block). A ``sparse_random_share`` of those steps draws the blocks at random
         instead: the prompt's rows then miss blocks they would have used, which teaches them not to
         depend on attention spread over the whole context.

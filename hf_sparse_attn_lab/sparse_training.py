@@ -3,7 +3,7 @@
 A pretrained LLM's long-context attention is concentrated (Oracle-Guided Sparse Prefill: the attention-mass oracle stays
 within 1 point of dense on Qwen-family models; RTPurbo: full-attention LLMs are intrinsically
 sparse). A 5M-parameter model trained only on the task
-suite spreads it instead: proxy v2 lost 20 points from dense to the block oracle at 17.5% kept
+suite spreads it instead: a proxy trained dense only lost 20 points from dense to the block oracle at 17.5% kept
 blocks, so no selector could be judged on it. Running part of the training steps with
 each layer restricted to the blocks its own dense attention ranks highest (the eval's
 ``block_oracle`` selection, as natively sparse models are trained) teaches the proxy to keep what it

@@ -3,8 +3,8 @@
 python recipes/train_proxy.py --output-dir proxy-qwen3                  # on a GPU (~8 min on an H100)
 python recipes/train_proxy.py --smoke                                   # CPU check of the loop
 
-Sparse-aware continuation of a trained proxy; the bundled v6 is v2 plus these eight stages (the
-first two on an H200, the others on an H100):
+Sparse-aware continuation of a trained proxy; the bundled proxy is the dense-only run (proxy-v2) plus
+these eight continuations (the first two on an H200, the others on an H100):
 python recipes/train_proxy.py --output-dir stage1 --init-from proxy-v2 --sparse-fraction 0.5 \
     --train-len 8192 --min-len 1024 --learning-rate 4e-4 --warmup-steps 50 --time-budget 320 --steps 100000
 python recipes/train_proxy.py --output-dir proxy-v3 --init-from stage1 --sparse-fraction 0.75 \

@@ -10,7 +10,7 @@ query heads of that group.
 
 Top-p leaves the forced blocks' mass out: they are kept whatever the rule says, and counting them
 first lets a row whose sink and local blocks hold most of its mass keep none of the long-range blocks
-its smaller remaining mass points at. On proxy v5 (H100, 4096 tokens, 440 prompts a row) the
+its smaller remaining mass points at. On an earlier checkpoint of the bundled proxy (H100, 4096 tokens, 440 prompts a row) the
 forced-first rule scored 0.5-2.2 points below top-k at equal kept density, this rule 0.1 below to
 0.6 above (``results/proxy_v6/development/``).
 
