@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,12 +18,10 @@ import hf_sparse_attn
 
 from ..runtime.config import CONFIG_NAME, SparseAttentionConfig
 from ..runtime.fileio import atomic_write, atomic_write_text
-from ..runtime.modeling import WEIGHTS_NAME
+from ..runtime.modeling import REPO_ID, WEIGHTS_NAME
 from ..runtime.remote_model import COMMIT, kernel_file_hashes
 from .bundle import MODELING_FILE, write_modeling_file
 from .kernel_repo import DEFAULT_KERNEL_REPO, VARIANT, build_kernel_repo
-
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 CLASSES = {
     "qwen3": "SparseQwen3ForCausalLM",
@@ -97,8 +94,14 @@ def resolve_revision(repo_id: str, revision: str | None, what: str, flag: str) -
         ) from None
 
 
-def rendered_names(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.is_file())
+def _copy_file(src: Path, dst: Path) -> None:
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def _unlisted(folder: Path) -> list[str]:
+    """Entries of ``folder`` that its render manifest does not list (all of them without one)."""
+    listed = _manifest_files(folder)
+    return sorted(p.name for p in folder.iterdir() if p.name not in listed)
 
 
 def check_out_dir(out: Path, inputs: list[Path]) -> None:
@@ -110,10 +113,10 @@ def check_out_dir(out: Path, inputs: list[Path]) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: pass a folder to render the repo into")
     if out.exists():
-        stray = [p.name for p in out.iterdir() if p.name not in _manifest_files(out)]
+        stray = _unlisted(out)
         if stray:
             raise ValueError(
-                f"--out {out} already holds files that are not part of a rendered repo ({', '.join(sorted(stray))}); "
+                f"--out {out} already holds files that are not part of a rendered repo ({', '.join(stray)}); "
                 "they would be uploaded with it: render into a new, empty folder"
             )
 
@@ -166,7 +169,7 @@ def render_repo(
     written: list[str] = []
 
     def copy(src: Path, name: str) -> None:
-        atomic_write(out / name, lambda tmp: shutil.copyfile(src, tmp))
+        _copy_file(src, out / name)
         written.append(name)
 
     for name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -251,7 +254,7 @@ def _copy_tokenizer(
     if model_dir is not None:
         names = [name for name in TOKENIZER_FILES if (model_dir / name).exists()]
         for name in names:
-            atomic_write(out / name, lambda tmp, name=name: shutil.copyfile(model_dir / name, tmp))
+            _copy_file(model_dir / name, out / name)
         return names
     from transformers import AutoTokenizer
     from transformers.utils import cached_file
@@ -299,7 +302,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, revision: str 
         raise ValueError(
             f"{folder} has no render manifest ({MANIFEST}): render it with `hf-sparse-attn publish`"
         )
-    stray = sorted(set(rendered_names(folder)) - set(files) - {MANIFEST})
+    stray = _unlisted(folder)
     if stray:
         raise ValueError(
             f"{folder} holds files that were not rendered ({', '.join(stray)}): remove them first"

@@ -11,7 +11,7 @@ import os
 import torch
 
 from .block_sparse_attn import naive as _bsa_naive
-from .common import sequence_lengths
+from .common import needs_grad, sequence_lengths
 from .decode_mass import naive as _decode_mass_naive
 from .kcache_quant import naive as _quant_naive
 from .pooled_mass import naive as _mass_naive
@@ -51,7 +51,7 @@ def block_sparse_attention(
         return _bsa_naive.block_sparse_attention(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if needs_grad(q, k, v):
         raise NotImplementedError(
             "the Triton block-sparse attention kernel has no backward: fine-tune with dense attention "
             "(model.set_attn_implementation('sdpa')), or set HF_SPARSE_ATTN_BACKEND=reference for the slow, "
@@ -80,7 +80,7 @@ def pooled_attention_mass(
     seq_lens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-pooled causal attention mass; contract in ``pooled_mass/naive.py``."""
-    if backend_for(q) == "reference" or (q.requires_grad or k.requires_grad) and torch.is_grad_enabled():
+    if backend_for(q) == "reference" or needs_grad(q, k):
         return _mass_naive.pooled_attention_mass(q, k, block_size, scale, groups, seq_lens)
     from .pooled_mass.triton import pooled_attention_mass_op
 

@@ -8,6 +8,11 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634  # the Triton kernels exponentiate with exp2: they take scale x log2(e)
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record a call on ``tensors`` (the Triton kernels have no backward)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def num_blocks(length: int, block_size: int) -> int:
     return (length + block_size - 1) // block_size
 

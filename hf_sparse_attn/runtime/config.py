@@ -77,8 +77,7 @@ class SparseAttentionConfig:
             raise ValueError(
                 f"retrieval_heads must be [layer, kv_head] pairs of whole numbers, got {pairs!r}"
             )
-        self.retrieval_heads = sorted({(layer, head) for layer, head in pairs})
-        self.retrieval_heads = [list(pair) for pair in self.retrieval_heads]
+        self.retrieval_heads = [list(pair) for pair in sorted({(layer, head) for layer, head in pairs})]
         self.validate()
 
     def validate(self) -> None:
@@ -202,7 +201,7 @@ def _layer_indices(name: str, values: Any) -> list[int]:
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if not _is_index(value) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 

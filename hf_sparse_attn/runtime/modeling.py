@@ -10,6 +10,7 @@ import ast
 import json
 import os
 import re
+from collections.abc import Iterable
 
 import torch
 from safetensors import safe_open
@@ -173,12 +174,17 @@ def update_sparse_config(model: nn.Module, **changes) -> SparseAttentionConfig:
     return config
 
 
-def indexer_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def _indexer_tensors(by_layer: Iterable[tuple[int, Indexer]]) -> dict[str, torch.Tensor]:
+    """``layers.<i>.indexer.<param>`` -> tensor: the names of ``indexer.safetensors``."""
     return {
         f"layers.{idx}.indexer.{name}": t.detach().contiguous()
-        for idx, indexer in indexers(model).items()
+        for idx, indexer in by_layer
         for name, t in indexer.state_dict().items()
     }
+
+
+def indexer_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return _indexer_tensors(indexers(model).items())
 
 
 def save_indexer(model: nn.Module, directory: str | os.PathLike) -> str:
@@ -273,12 +279,7 @@ def load_indexer(model: nn.Module, path_or_repo: str | os.PathLike, revision: st
             "were not written by one save_indexer call (an interrupted save, or files copied from two saves)"
         )
     built = _build_indexers(model, config)
-    expected = {
-        f"layers.{m.layer_idx}.indexer.{name}": t
-        for m, ix in built.items()
-        if ix is not None
-        for name, t in ix.state_dict().items()
-    }
+    expected = _indexer_tensors((m.layer_idx, ix) for m, ix in built.items() if ix is not None)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [

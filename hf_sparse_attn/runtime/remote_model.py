@@ -23,6 +23,7 @@ from transformers.utils import cached_file
 
 from .. import ops
 from ..ops.block_sparse_attn.naive import block_sparse_attention
+from ..ops.common import needs_grad
 from ..ops.decode_mass.naive import decode_block_mass
 from ..ops.kcache_quant.naive import dequantize, quantize
 from ..ops.pooled_mass.naive import pooled_attention_mass
@@ -125,12 +126,15 @@ class HubKernelOps:
         return getattr(kern, name, reference) if kern is not None else reference
 
     def block_sparse_attention(self, q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None):
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        fn = block_sparse_attention if grad else self._op(q, "block_sparse_attention", block_sparse_attention)
+        fn = (
+            block_sparse_attention
+            if needs_grad(q, k, v)
+            else self._op(q, "block_sparse_attention", block_sparse_attention)
+        )
         return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
 
     def pooled_attention_mass(self, q, k, block_size, scale, groups, seq_lens=None):
-        if (q.requires_grad or k.requires_grad) and torch.is_grad_enabled():
+        if needs_grad(q, k):
             return pooled_attention_mass(q, k, block_size, scale, groups, seq_lens)
         return self._op(q, "pooled_attention_mass", pooled_attention_mass)(
             q, k, block_size, scale, groups, seq_lens

@@ -24,7 +24,7 @@ from hf_sparse_attn.runtime.modeling import attach_indexer
 
 from . import report
 from .shapes import CONFIGS
-from .ttft import gate_reference, set_budget
+from .ttft import full_density_error, gate_reference, set_budget
 
 
 def save_random_checkpoint(out_dir: str, shape: str = "qwen3-8b") -> str:
@@ -79,11 +79,7 @@ def run(
         model.set_attn_implementation("sdpa")
         ref, _, tolerance = gate_reference(model, ids)
         dense_s = _time(model, ids, repeats, device)
-        model.set_attn_implementation("sparse_prefill")
-        set_budget(model, density=1.0)
-        with torch.no_grad():
-            full = model(ids, logits_to_keep=1).logits.float()
-        err = float((full - ref).norm() / ref.norm())
+        err = full_density_error(model, ids, ref)
         base = {
             "world_size": world,
             "device_map": kwargs.get("device_map", "tp"),

@@ -64,6 +64,16 @@ def gate_reference(model, ids: torch.Tensor) -> tuple[torch.Tensor, float, float
     return ref, backend_err, max(GATE_REL_ERR, 2 * backend_err)
 
 
+def full_density_error(model, ids: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative difference of the sparse path at density 1 (every causal block) to ``ref``; leaves the
+    model on ``sparse_prefill`` at density 1."""
+    model.set_attn_implementation("sparse_prefill")
+    set_budget(model, density=1.0)
+    with torch.no_grad():
+        full = model(ids, logits_to_keep=1).logits.float()
+    return float((full - ref).norm() / ref.norm())
+
+
 def run(
     model_name: str, seq_lens: list[int], budgets: list[dict], repeats: int = 3, block: int = 64
 ) -> list[dict]:
@@ -82,11 +92,7 @@ def run(
         ref, backend_err, tolerance = gate_reference(model, ids)
         model.set_attn_implementation(NOOP)
         noop_s, _ = _time_prefill(model, ids, repeats)
-        model.set_attn_implementation("sparse_prefill")
-        set_budget(model, density=1.0)
-        with torch.no_grad():
-            full = model(ids, logits_to_keep=1).logits.float()
-        err = float((full - ref).norm() / ref.norm())
+        err = full_density_error(model, ids, ref)
         base = {
             "model": model_name,
             "seq_len": S,
