@@ -36,6 +36,7 @@ def _model(**cfg):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_sparse_prefill_compiles_without_graph_breaks(kernel_backend):
     model = _model()
     ids = torch.randint(0, 128, (2, 100), generator=torch.Generator().manual_seed(0))
@@ -45,6 +46,7 @@ def test_sparse_prefill_compiles_without_graph_breaks(kernel_backend):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_sparse_decode_step_compiles_without_graph_breaks(kernel_backend):
     model = _model(sparse_decode=True)
     ids = torch.randint(0, 128, (1, 100), generator=torch.Generator().manual_seed(1))
@@ -60,6 +62,7 @@ def test_sparse_decode_step_compiles_without_graph_breaks(kernel_backend):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_static_cache_sparse_decode_step_compiles_without_graph_breaks(kernel_backend):
     """A static cache's decode step (key mask, K-cache written in place at a device-side slot) traces
     into one graph: what CUDA graphs (``mode="reduce-overhead"``) need."""

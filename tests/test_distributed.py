@@ -47,6 +47,7 @@ def test_two_rank_ddp_matches_single_process_at_same_global_batch(tmp_path):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selector", ["indexer", "oracle", "patterns"])
 def test_tensor_parallel_heads_get_the_unsharded_block_list_and_output(tmp_path, selector):
     """2 ranks, each with half the q / kv heads (what tp_plan="auto" hands the attention)."""
@@ -70,6 +71,7 @@ def test_sharded_heads_without_torch_distributed_raise():
         sparse_prefill_attention(model.model.layers[0].self_attn, q, k, k, None)
 
 
+@pytest.mark.slow
 def test_tp_plan_auto_sparse_prefill_and_decode_match_one_process(tmp_path):
     """The real path: transformers shards the heads of a saved checkpoint over 2 gloo ranks."""
     from conftest import build, qwen3_config

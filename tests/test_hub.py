@@ -154,6 +154,7 @@ def test_pipeline_on_loaded_repo(hub):
     assert int(proc.stdout.strip().splitlines()[-1]) >= 60
 
 
+@pytest.mark.slow  # a subprocess load
 def test_missing_base_model_is_a_clear_error(hub):
     tmp = hub["tmp"]
     render_repo(tmp / "orphan", tmp / "indexer", "test-org/tiny-base", "b" * 40, **OFFLINE(hub["cache"]))
@@ -165,6 +166,7 @@ def test_missing_base_model_is_a_clear_error(hub):
     assert proc.returncode != 0 and "base model test-org/not-downloaded" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess load
 def test_indexer_that_does_not_fit_the_base_is_rejected(hub, tmp_path):
     other = attach_indexer(build(qwen3_config(num_heads=4, num_kv_heads=2, layers=3)), SPARSE)
     save_indexer(other, tmp_path / "idx")
@@ -174,6 +176,7 @@ def test_indexer_that_does_not_fit_the_base_is_rejected(hub, tmp_path):
     assert proc.returncode != 0 and "does not fit this model" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess load
 def test_newer_config_version_is_rejected(hub, tmp_path):
     shutil.copytree(hub["tmp"] / "sparse", tmp_path / "newer")
     config = json.loads((tmp_path / "newer" / "config.json").read_text())
@@ -184,6 +187,7 @@ def test_newer_config_version_is_rejected(hub, tmp_path):
     assert proc.returncode != 0 and "newer than this hf-sparse-attn understands" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess load
 def test_sparse_prefill_on_a_repo_without_indexer_names_the_untrained_selector(hub):
     proc = run_offline(
         hub,
@@ -370,3 +374,31 @@ def test_publish_offline_needs_a_commit_sha_up_front(monkeypatch):
     with pytest.raises(ValueError, match="--base-revision must be a 40-hex commit sha when offline"):
         resolve_revision("Qwen/Qwen3-8B", None, "base model", "--base-revision")
     assert resolve_revision("Qwen/Qwen3-8B", "a" * 40, "base model", "--base-revision") == "a" * 40
+
+
+def test_a_loaded_remote_repo_does_not_take_over_installed_models(hub, monkeypatch):
+    """The remote file re-registers "sparse_prefill" on import; models made with the installed
+    package must keep running the installed code, and the remote model its own."""
+    from transformers import AutoModelForCausalLM
+
+    import hf_sparse_attn.ops
+
+    calls = []
+    library_kernel = hf_sparse_attn.ops.block_sparse_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return library_kernel(*args, **kwargs)
+
+    monkeypatch.setattr(hf_sparse_attn.ops, "block_sparse_attention", spy)
+    installed = hub["model"]
+    remote = AutoModelForCausalLM.from_pretrained(
+        hub["tmp"] / "full", trust_remote_code=True, attn_implementation="sparse_prefill"
+    )
+    ids = torch.arange(100).remainder(128)[None]
+    with torch.no_grad():
+        remote(ids)
+        assert not calls  # the remote model ran its own copy
+        torch.testing.assert_close(installed(ids).logits, _reference_logits(hub, ids))
+    assert calls  # the installed model ran the installed copy
+    hsa.register()

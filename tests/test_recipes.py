@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "family, extra",
-    [("qwen3", []), ("qwen3_5", []), ("qwen3", ["--kl-blocks", "candidates", "--indexer-heads", "2"])],
+    [
+        ("qwen3", []),
+        pytest.param("qwen3_5", [], marks=pytest.mark.slow),
+        pytest.param("qwen3", ["--kl-blocks", "candidates", "--indexer-heads", "2"], marks=pytest.mark.slow),
+    ],
 )
 def test_smoke_recipe(tmp_path, family, extra):
     out = tmp_path / family

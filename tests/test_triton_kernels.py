@@ -44,7 +44,7 @@ CASES = [  # (S, D, Hq, Hkv, groups, block)
     (65, 64, 8, 2, 2, 16),
     (200, 128, 8, 1, 1, 32),
     (200, 64, 8, 8, 8, 64),
-    (1000, 64, 4, 1, 1, 64),
+    pytest.param(1000, 64, 4, 1, 1, 64, marks=pytest.mark.slow),  # the README run: slow; CI's second call
     (300, 32, 4, 2, 1, 128),
 ]
 
@@ -104,7 +104,9 @@ def test_pooled_mass_kernel_split_launches(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("S,D,Hq,Hkv,G,bs", [*CASES, (700, 32, 4, 2, 2, 16)])
+@pytest.mark.parametrize(
+    "S,D,Hq,Hkv,G,bs", [*CASES, pytest.param(700, 32, 4, 2, 2, 16, marks=pytest.mark.slow)]
+)
 def test_row_probe_kernel(S, D, Hq, Hkv, G, bs, dtype, monkeypatch):
     """16 probe rows per program, so the longer cases span several row tiles (and padded rows)."""
     monkeypatch.setattr(probe_triton, "ROWS", 16)

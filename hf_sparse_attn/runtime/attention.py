@@ -135,7 +135,14 @@ def sparse_prefill_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """``AttentionInterface`` function: [B, H, S, D] states in, ([B, S, Hq, D], None) out."""
+    """``AttentionInterface`` function: [B, H, S, D] states in, ([B, S, Hq, D], None) out.
+
+    transformers keeps one function per name for the whole process, and a published repo's modeling
+    file registers its own copy on import; so each layer runs the copy that attached its indexer
+    (``module.sparse_prefill_attention``), whichever copy was registered last."""
+    own = getattr(module, "sparse_prefill_attention", None)
+    if own is not None and own is not sparse_prefill_attention:
+        return own(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if not hasattr(module, "indexer"):
         if not getattr(module, "is_causal", True):
             _debug_once("non-causal module")

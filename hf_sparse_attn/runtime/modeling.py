@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .attention import ATTENTION_NAME
+from .attention import ATTENTION_NAME, sparse_prefill_attention
 from .config import CONFIG_NAME, SparseAttentionConfig, write_config
 from .fileio import temp_path_beside
 from .indexer import Indexer
@@ -112,6 +112,7 @@ def _install(model: nn.Module, built: dict[nn.Module, Indexer | None], config: S
         p.requires_grad_(False)
     for module, indexer in built.items():
         module.indexer = indexer
+        module.sparse_prefill_attention = sparse_prefill_attention
     model.config.sparse_attention = config.to_dict()
     model.set_attn_implementation(ATTENTION_NAME)
 
