@@ -36,6 +36,7 @@ from transformers import Qwen3Config
 
 from hf_sparse_attn.demo import PROXY_DIR
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
+from hf_sparse_attn.runtime.fileio import atomic_write
 from hf_sparse_attn.tasks import TASKS, Sample, TaskBuilder, generate
 
 from .sparse_training import ATTENTION_NAME as ORACLE_SPARSE_TRAINING
@@ -290,7 +291,9 @@ def train_proxy(
     if resume:
         if not (out / "resume.pt").exists():
             raise FileNotFoundError(f"{out / 'resume.pt'} not found: nothing to resume (drop --resume)")
-        state = torch.load(out / "resume.pt", map_location=device, weights_only=False)
+        state = torch.load(
+            out / "resume.pt", map_location=device, weights_only=True
+        )  # tensors + plain data only
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         first_step, elapsed, log = state["step"], state["elapsed_s"], state["log"]
@@ -353,7 +356,8 @@ def train_proxy(
         step += 1
     if stopped:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": log}
-        torch.save(state | {"elapsed_s": time.time() - started}, out / "resume.pt")
+        state["elapsed_s"] = time.time() - started
+        atomic_write(out / "resume.pt", lambda tmp: torch.save(state, tmp))
     else:
         (out / "resume.pt").unlink(missing_ok=True)
     model.eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,15 @@ def test_resumed_training_matches_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(split[name], tensor, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train_proxy(tmp_path / "whole", cfg, device="cpu", num_workers=0, resume=True)
+
+
+class _Payload:
+    """Stands for arbitrary pickled code in a tampered resume file."""
+
+
+def test_resume_loads_weights_only(tmp_path):
+    cfg = ProxyTrainingConfig(train_len=160, min_len=128, steps=4, tokens_per_step=384, warmup_steps=1)
+    tmp_path.mkdir(exist_ok=True)
+    torch.save({"model": {}, "payload": _Payload()}, tmp_path / "resume.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train_proxy(tmp_path, cfg, device="cpu", num_workers=0, resume=True)
