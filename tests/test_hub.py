@@ -402,3 +402,13 @@ def test_a_loaded_remote_repo_does_not_take_over_installed_models(hub, monkeypat
         torch.testing.assert_close(installed(ids).logits, _reference_logits(hub, ids))
     assert calls  # the installed model ran the installed copy
     hsa.register()
+
+
+def test_bundle_refuses_a_runtime_module_that_imports_a_module_object(tmp_path, monkeypatch):
+    from hf_sparse_attn.hub import bundle
+
+    shutil.copytree(bundle.RUNTIME_DIR, tmp_path / "runtime")
+    (tmp_path / "runtime" / "extra.py").write_text("from . import log\n")
+    monkeypatch.setattr(bundle, "RUNTIME_DIR", tmp_path / "runtime")
+    with pytest.raises(RuntimeError, match=r"extra.py imports module objects \['log'\]"):
+        bundle.runtime_modules()

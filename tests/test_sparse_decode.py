@@ -3,7 +3,9 @@ selection against the prefill rule, the indexer K-cache, and generation through 
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 
 import pytest
 import torch
@@ -359,3 +361,61 @@ def test_decode_selection_stays_inside_each_rows_valid_blocks():
     whole = select_decode_blocks(scores, cfg, (torch.zeros(2, dtype=torch.long), torch.full((2,), 19)))
     for a, b in zip(whole, select_decode_blocks(scores, cfg), strict=True):
         assert torch.equal(a, b)
+
+
+def test_beam_search_reorders_the_indexer_kcache_with_the_kv_cache():
+    ids = torch.randint(0, 128, (1, 120), generator=torch.Generator().manual_seed(4))
+    model = _decode_model(0.3, local_blocks=1)
+    with torch.no_grad():
+        out = model.generate(
+            ids, max_new_tokens=24, num_beams=3, do_sample=False, return_dict_in_generate=True
+        )
+    cache = out.past_key_values
+    for layer, m in enumerate(model.model.layers):
+        indexer = m.self_attn.indexer
+        n = indexer.kcache.length
+        expected = indexer.keys(cache.layers[layer].keys[:, :, :n])
+        torch.testing.assert_close(indexer.kcache.keys(), expected, rtol=0, atol=1e-6)
+
+
+def test_a_step_with_another_cache_rebuilds_the_kcache_instead_of_reading_the_other_call():
+    ids_a, ids_b = torch.randint(0, 128, (2, 1, 120), generator=torch.Generator().manual_seed(5))
+    model = _decode_model(0.3, local_blocks=1)
+    with torch.no_grad():
+        out_a = model(ids_a, use_cache=True)
+        step = out_a.logits[:, -1:].argmax(-1)
+        alone = model(step, past_key_values=copy.deepcopy(out_a.past_key_values), use_cache=True).logits
+        model(ids_b, use_cache=True)  # another call in between: the K-caches now hold ids_b's keys
+        interleaved = model(step, past_key_values=out_a.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(interleaved, alone, rtol=0, atol=1e-6)
+
+
+def test_concurrent_calls_with_sparse_decode_are_refused():
+    model = _decode_model(0.3)
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(*_):
+        inside.set()
+        release.wait(10)
+
+    handle = model.model.layers[0].register_forward_pre_hook(hold)
+    ids = torch.randint(0, 128, (1, 80))
+
+    def run_first():
+        try:
+            model(ids)
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    first = threading.Thread(target=run_first)
+    first.start()
+    inside.wait(10)
+    handle.remove()
+    try:
+        with pytest.raises(RuntimeError, match="another thread"):
+            model(ids)
+    finally:
+        release.set()
+        first.join()
+    model(ids)  # the lock is free again once the first call has returned
+    assert not errors

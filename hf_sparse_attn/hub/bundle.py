@@ -24,6 +24,7 @@ _INTERNAL_IMPORT = re.compile(
     r"^from (\.+[\w.]*|hf_sparse_attn[\w.]*) import (\([^)]*\)|[^\n]*)\n", re.MULTILINE
 )
 _SIBLING = re.compile(r"^from \.(\w+) import", re.MULTILINE)
+_MODULE_OBJECT = re.compile(r"^from \.+ import (\w+)", re.MULTILINE)
 
 
 def _ops_modules() -> list[str]:
@@ -32,12 +33,19 @@ def _ops_modules() -> list[str]:
 
 
 def runtime_modules() -> list[str]:
-    """``runtime/*.py`` in dependency order (a module after every sibling it imports)."""
-    deps = {
-        p.stem: set(_SIBLING.findall(p.read_text()))
-        for p in sorted(RUNTIME_DIR.glob("*.py"))
-        if p.name != "__init__.py"
-    }
+    """``runtime/*.py`` in dependency order (a module after every sibling it imports).
+
+    The flat file has no modules to hold attributes, so a runtime module imports names, never a
+    sibling module object; ``ops`` alone is provided (a ``HubKernelOps``)."""
+    sources = {p.stem: p.read_text() for p in sorted(RUNTIME_DIR.glob("*.py")) if p.name != "__init__.py"}
+    for name, text in sources.items():
+        objects = set(_MODULE_OBJECT.findall(text)) - {"ops"}
+        if objects:
+            raise RuntimeError(
+                f"hf_sparse_attn/runtime/{name}.py imports module objects {sorted(objects)}: the rendered modeling "
+                "file cannot hold them; import the names it uses instead"
+            )
+    deps = {name: set(_SIBLING.findall(text)) for name, text in sources.items()}
     order: list[str] = []
     while deps:
         ready = sorted(m for m, d in deps.items() if not d - set(order))

@@ -16,7 +16,8 @@ batches) also masks the scores and the kernel, and places the sink blocks at eac
 key and the local blocks before its last. Any other mismatch (a cache built by chunked prefill, a
 cache from another call, a changed batch, the first step over a static cache) rebuilds it from the
 keys the layer receives (correct, one projection of the whole cache), logged once at debug level.
-Beam search reorders the KV cache behind the layer's back: keep ``sparse_decode`` off there.
+Beam search reorders the KV cache through ``Cache.reorder_cache``, which ``forward_hooks`` extends to
+reorder the K-caches too.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class IndexerKCache:
         """Store one key per row, k_idx [B, G, 1, d], at cache slot ``slot`` [B] (a device tensor)."""
         for store, p in zip(self._store, self._encode(k_idx), strict=True):
             store[:, :, : self.length].scatter_(2, _slot_index(slot, p), p)
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        """Reorder the rows as the KV cache is reordered (beam search: ``Cache.reorder_cache``)."""
+        self._store = [s.index_select(0, beam_idx.to(s.device)) for s in self._store]
 
     def keys(self) -> torch.Tensor:
         """The cached indexer keys [B, G, L, d] in the indexer's dtype."""

@@ -20,6 +20,7 @@ from torch import nn
 from .attention import ATTENTION_NAME, sparse_prefill_attention
 from .config import CONFIG_NAME, SparseAttentionConfig, write_config
 from .fileio import temp_path_beside
+from .forward_hooks import install_forward_hooks
 from .indexer import Indexer
 
 WEIGHTS_NAME = "indexer.safetensors"
@@ -85,29 +86,8 @@ def _build_indexers(model: nn.Module, config: SparseAttentionConfig) -> dict[nn.
     return built
 
 
-def _positions_from_padding(module: nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook: a left-padded prefill called without ``position_ids`` gets the positions
-    ``generate`` would give (each row counts from its first token). Dense attention is unchanged by it
-    (RoPE is relative); the indexer projects rotated q/k, so without it a padded row would select other
-    blocks than the same row alone."""
-    mask = kwargs.get("attention_mask")
-    if kwargs.get("position_ids") is not None or mask is None or mask.dim() != 2 or args:
-        return None
-    cache = kwargs.get("past_key_values")
-    if cache is not None and cache.get_seq_length() > 0:
-        return None
-    ids = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
-    if ids is None or mask.shape[1] != ids.shape[1] or bool(mask[:, 0].all()):
-        return None
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    return args, {**kwargs, "position_ids": positions}
-
-
 def _install(model: nn.Module, built: dict[nn.Module, Indexer | None], config: SparseAttentionConfig) -> None:
-    if getattr(model, "_hf_sparse_attn_positions_hook", None) is None:
-        model._hf_sparse_attn_positions_hook = model.register_forward_pre_hook(
-            _positions_from_padding, with_kwargs=True
-        )
+    install_forward_hooks(model)
     for p in model.parameters():
         p.requires_grad_(False)
     for module, indexer in built.items():
