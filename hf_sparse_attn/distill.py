@@ -39,6 +39,8 @@ from .runtime.selection import BlockList, block_masks, causal_block_counts, sele
 TRAINING_ARGS_NAME = "training_args.bin"
 logger = logging.getLogger(__name__)
 KL_BLOCKS = ("all", "candidates")
+# TrainingArguments' switch for checkpointing the model's layers (renamed in transformers 5.2x; both spellings)
+CHECKPOINTING_ARGS = ("activation_checkpointing", "gradient_checkpointing")
 
 
 def kl_divergence(
@@ -209,6 +211,18 @@ class IndexerDistillationTrainer(Trainer):
             # The loss is computed beside the model's outputs, so DDP's unused-parameter search (which walks back
             # from the outputs) would mark every indexer unused and then see its gradient twice.
             training_args.ddp_find_unused_parameters = False
+        if training_args is not None and any(getattr(training_args, n, False) for n in CHECKPOINTING_ARGS):
+            # Nothing backpropagates through the frozen backbone, so autograd keeps none of its activations
+            # and checkpointing it saves no memory; it would only break the indexer's graph on recompute.
+            logger.warning(
+                "gradient_checkpointing=True is ignored by IndexerDistillationTrainer: the frozen backbone "
+                "keeps no activations for backward (only the indexers' small graphs are kept), so there is "
+                "nothing to recompute; peak memory is set by seq_len and the teacher's chunking"
+            )
+            for name in CHECKPOINTING_ARGS:
+                if hasattr(training_args, name):
+                    setattr(training_args, name, False)
+        _disable_layer_checkpointing(model)
         super().__init__(model, *args, **kwargs)
         self._layer_stats: dict[str, list[float]] = defaultdict(list)
 
@@ -265,6 +279,15 @@ class IndexerDistillationTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         load_indexer(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+
+def _disable_layer_checkpointing(model: nn.Module) -> None:
+    """Undo ``model.gradient_checkpointing_enable()`` (``activation_checkpointing_*`` in newer transformers)."""
+    for prefix in ("activation", "gradient"):
+        if hasattr(model, f"is_{prefix}_checkpointing"):
+            if getattr(model, f"is_{prefix}_checkpointing"):
+                getattr(model, f"{prefix}_checkpointing_disable")()
+            return
 
 
 CHECKPOINT_COMPLETE = "checkpoint_complete"

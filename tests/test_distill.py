@@ -301,3 +301,26 @@ def test_packed_dataset_from_text_with_a_real_tokenizer():
     with pytest.raises(ValueError, match="fewer than 100 tokens"):
         PackedDataset(["alpha"], tokenizer, seq_len=100)
     assert copy.deepcopy(ds[0]) == {"input_ids": [0, 1, 2, 4]}
+
+
+@pytest.mark.parametrize("setup", ["args_reentrant", "args_non_reentrant", "model_enabled"])
+def test_gradient_checkpointing_request_trains_like_without_it(tmp_path, setup):
+    """The frozen backbone keeps no activations for backward, so the trainer turns layer checkpointing
+    off (with a warning) instead of failing on the indexer's graph."""
+    data = SyntheticRetrievalDataset(1024, 128, 8, spans=3)
+    losses = []
+    for checkpointing in (False, True):
+        model = planted_model()
+        kw = {"max_steps": 2, "save_strategy": "no", "output_dir": str(tmp_path / str(checkpointing))}
+        if checkpointing and setup.startswith("args"):
+            kw |= {
+                "gradient_checkpointing": True,
+                "gradient_checkpointing_kwargs": {"use_reentrant": setup == "args_reentrant"},
+            }
+        if checkpointing and setup == "model_enabled":
+            model.gradient_checkpointing_enable()
+        trainer = IndexerDistillationTrainer(
+            model=model, args=_args(tmp_path, **kw), train_dataset=data, sparse_config=PLANTED
+        )
+        losses.append(trainer.train().training_loss)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
