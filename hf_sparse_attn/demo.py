@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -80,15 +79,7 @@ def load_demo_pipeline(model_dir: str | os.PathLike = PROXY_DIR, device: str = "
         model_dir, trust_remote_code=True, attn_implementation="sparse_prefill", dtype=dtype
     ).to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # pipeline() logs "not supported for text-generation" for any remote-code class: its check lists
-    # only the built-in ones
-    pipes = logging.getLogger("transformers.pipelines.base")
-    level = pipes.level
-    pipes.setLevel(logging.CRITICAL)
-    try:
-        pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
-    finally:
-        pipes.setLevel(level)
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
     sparse = json.loads((model_dir / "sparse_config.json").read_text())
     return pipe, sparse
 

@@ -412,3 +412,25 @@ def test_bundle_refuses_a_runtime_module_that_imports_a_module_object(tmp_path, 
     monkeypatch.setattr(bundle, "RUNTIME_DIR", tmp_path / "runtime")
     with pytest.raises(RuntimeError, match=r"extra.py imports module objects \['log'\]"):
         bundle.runtime_modules()
+
+
+def test_pipeline_accepts_the_remote_class_without_a_not_supported_error(hub):
+    import logging
+
+    from transformers import AutoModelForCausalLM, pipeline
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    pipes = logging.getLogger("transformers.pipelines.base")
+    pipes.addHandler(handler)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            hub["tmp"] / "full", trust_remote_code=True, attn_implementation="sparse_prefill"
+        )
+        pipeline("text-generation", model=model, tokenizer=tiny_tokenizer())
+    finally:
+        pipes.removeHandler(handler)
+        hsa.register()
+    assert type(model).__name__ == "SparseQwen3ForCausalLM"
+    assert not [r for r in records if "not supported" in r.getMessage()]

@@ -217,4 +217,15 @@ class SparseQwen3_5ForConditionalGeneration(SparsePrefillMixin, Qwen3_5ForCondit
     pass
 
 
+def register_for_pipelines() -> None:
+    """``pipeline("text-generation")`` checks the model's class name against the causal-LM mapping's
+    values and logs "not supported" for any other; list these classes there (under keys that name no
+    model type, so no Auto class ever resolves them)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    for cls in (SparseQwen3ForCausalLM, SparseQwen3_5ForCausalLM, SparseQwen3_5ForConditionalGeneration):
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(f"hf_sparse_attn.{cls.__name__}", cls.__name__)
+
+
 register()
+register_for_pipelines()

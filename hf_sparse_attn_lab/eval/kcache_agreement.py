@@ -19,6 +19,7 @@ import math
 from dataclasses import replace
 
 import torch
+from tqdm.auto import tqdm
 
 from hf_sparse_attn.ops import pooled_attention_mass
 from hf_sparse_attn.ops.kcache_quant.naive import FORMATS, bytes_per_vector, dequantize, quantize
@@ -63,7 +64,7 @@ def capture_indexer_qk(
     for ix in found.values():
         ix.observer = observe
     try:
-        for ids in prompts:
+        for ids in tqdm(prompts, desc="kcache-agreement: capture", disable=len(prompts) < 4):
             model(input_ids=ids.to(next(model.parameters()).device), logits_to_keep=1)
     finally:
         for ix in found.values():
