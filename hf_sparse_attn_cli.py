@@ -36,7 +36,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"on {device}"
     )
     for row in result["rows"]:
-        print(f"\n{row['task']} ({row['tokens']} tokens), expected: {', '.join(row['answers'])}")
+        print(f"\n{row['task']} ({row['tokens']} tokens), expected: {', '.join(row['answers_as_generated'])}")
         for mode in ("dense", "sparse"):
             r = row[mode]
             dens = "-" if r["kept_density"] is None else f"{r['kept_density']:.3f}"
@@ -78,7 +78,7 @@ def _floats(text: str) -> list[float]:
 def _distill(args: argparse.Namespace) -> int:
     from hf_sparse_attn.recipe import main as recipe_main
 
-    recipe_main(args.family, args.recipe_args)
+    recipe_main(args.family, args.recipe_args, prog=f"hf-sparse-attn distill {args.family}")
     return 0
 
 

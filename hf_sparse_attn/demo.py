@@ -103,7 +103,15 @@ def run_demo(
     samples = [generate(task, tok, seq_len, seed=DEMO_SEED + i) for i, task in enumerate(tasks)]
     rows = []
     for sample in samples:
-        row = {"task": sample.task, "answers": sample.answers, "tokens": len(tok(sample.prompt)["input_ids"])}
+        row = {
+            "task": sample.task,
+            "answers": sample.answers,
+            # as the model writes them (the proxy's vocabulary spells numbers digit by digit)
+            "answers_as_generated": [
+                tok.decode(tok(a, add_special_tokens=False)["input_ids"]) for a in sample.answers
+            ],
+            "tokens": len(tok(sample.prompt)["input_ids"]),
+        }
         for mode in ("dense", "sparse"):
             model.set_attn_implementation("sdpa" if mode == "dense" else "sparse_prefill")
             clear_selections(model)

@@ -25,10 +25,12 @@ FAMILIES = {
 }
 
 
-def build_parser(family: str) -> argparse.ArgumentParser:
+def build_parser(family: str, prog: str | None = None) -> argparse.ArgumentParser:
     from .distill import KL_BLOCKS
 
-    p = argparse.ArgumentParser(description=f"Distill sparse-prefill indexers for a {family} checkpoint")
+    p = argparse.ArgumentParser(
+        prog=prog, description=f"Distill sparse-prefill indexers for a {family} checkpoint"
+    )
     p.add_argument(
         "--model", default=FAMILIES[family]["model"], help="Hub id or local directory of the frozen model"
     )
@@ -231,8 +233,9 @@ def run(args: argparse.Namespace, family: str) -> dict:
     return summary
 
 
-def main(family: str, argv: list[str] | None = None) -> dict:
-    args = build_parser(family).parse_args(argv)
+def main(family: str, argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """Run the recipe; ``prog`` names the command in ``--help`` and errors (default: the script's name)."""
+    args = build_parser(family, prog).parse_args(argv)
     summary = run(args, family)
     print(json.dumps(summary, indent=2))
     return summary

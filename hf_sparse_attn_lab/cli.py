@@ -349,7 +349,11 @@ def add_commands(sub) -> None:
         help="comma list of: dense, token_oracle, block_oracle, indexer, indexer_topp, indexer_dual_topp, "
         "retrieval_heads, patterns, patterns_horizontal, streaming, random",
     )
-    ev.add_argument("--densities", default="0.125", help="budgets of the density-based methods")
+    ev.add_argument(
+        "--densities",
+        default="0.1",
+        help="budgets of the density-based methods (default: the shipped config's)",
+    )
     ev.add_argument("--top-ps", default="0.9", help="budgets of the top-p methods")
     ev.add_argument("--layer-top-p", type=float, default=None, help="per-layer p of indexer_dual_topp")
     ev.add_argument(

@@ -59,17 +59,21 @@ def save(
         f.write(
             f"# {title}\n\n{', '.join(f'{k} {v}' for k, v in env.items())}\n\n{markdown_table(dicts, columns)}\n"
         )
-    if plot is not None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-        except ImportError:
-            print("matplotlib is not installed: no PNG plot (pip install 'hf-sparse-attn[bench]')")
-        else:
-            paths["png"] = os.path.join(out_dir, f"{name}.png")
-            plot(dicts, paths["png"])
+    if plot is not None and have_matplotlib():
+        paths["png"] = os.path.join(out_dir, f"{name}.png")
+        plot(dicts, paths["png"])
     return paths
+
+
+def have_matplotlib() -> bool:
+    """Whether PNG plots can be drawn (headless backend); says so when they cannot."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no PNG plot (pip install 'hf-sparse-attn[lab]')")
+        return False
+    matplotlib.use("Agg")
+    return True
 
 
 def plot_kernels(rows: list[dict[str, Any]], path: str) -> None:

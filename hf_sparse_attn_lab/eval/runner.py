@@ -25,6 +25,7 @@ from hf_sparse_attn.runtime.log import silenced
 from hf_sparse_attn.runtime.modeling import ARCHITECTURE_FIELDS, sparse_config_of, update_sparse_config
 from hf_sparse_attn.tasks import TASKS, generate, score
 
+from ..bench.report import have_matplotlib
 from ..proxy import greedy_answers
 from .methods import Method, attention_name, matched_topk_methods, register_token_oracle, streaming_changes
 
@@ -239,13 +240,10 @@ def _layer_table(rows: list[dict], lengths: list[int]) -> list[str]:
 
 
 def _plots(summary: dict, lengths: list[int], out: Path) -> dict[str, str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not have_matplotlib():
         return {}
+    import matplotlib.pyplot as plt
+
     files = {}
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours beyond 10 methods
