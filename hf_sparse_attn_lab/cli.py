@@ -166,7 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.what == "ttft":
         from .bench.ttft import run as run_ttft
 
-        budgets = [{"density": 0.1}, {"density": 0.05}, {"top_k": 4096 // args.block_size}]
+        budgets = [{"density": d} for d in _floats(args.densities) if d < 1.0]
         rows = []
         for shape in args.shapes.split(","):
             rows += run_ttft(shape, _ints(args.seq_lens), budgets, block=args.block_size)
@@ -178,6 +178,7 @@ def _bench(args: argparse.Namespace) -> int:
             "density",
             "seconds",
             "speedup",
+            "speedup_vs_fa4",
             "ceiling_speedup",
             "fraction_of_ceiling",
             "peak_mem_gib",
@@ -406,7 +407,9 @@ def add_commands(sub) -> None:
     bench.add_argument("what", choices=["kernels", "selection", "memory", "distill", "ttft", "decode"])
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")
     bench.add_argument("--seq-lens", default="16k,32k,64k,128k", help="comma list; 'k' = x1024")
-    bench.add_argument("--densities", default="1.0,0.2,0.1,0.05")
+    bench.add_argument(
+        "--densities", default="1.0,0.2,0.1,0.05", help="kernels: kept fractions; ttft: the budgets below 1.0"
+    )
     bench.add_argument("--block-size", type=int, default=128)
     bench.add_argument(
         "--methods",

@@ -259,9 +259,13 @@ class _LargestTensor(TorchDispatchMode):
 
 @torch.no_grad()
 def test_sparse_prefill_never_builds_an_s_by_s_tensor(monkeypatch):
+    from hf_sparse_attn.ops.block_sparse_attn import cpu as attention_cpu
+    from hf_sparse_attn.ops.pooled_mass import cpu as mass_cpu
     from hf_sparse_attn.ops.pooled_mass import naive
 
     monkeypatch.setattr(naive, "CHUNK_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(mass_cpu, "SOFTMAX_CHUNK_ROWS", 64)
+    monkeypatch.setattr(attention_cpu, "GATHER_CHUNK_ELEMENTS", 1 << 16)
     S = 2048
     cfg = qwen3_config(num_heads=2, num_kv_heads=1, layers=1)
     model = attach_indexer(build(cfg), SparseAttentionConfig(block_size=64, top_k=4, min_sparse_len=16))

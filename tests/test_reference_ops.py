@@ -108,6 +108,8 @@ def test_backend_choice_names_bad_values_and_the_missing_interpreter(monkeypatch
 
     cpu = torch.zeros(1)
     monkeypatch.setenv("HF_SPARSE_ATTN_BACKEND", "auto")
+    assert backend_for(cpu) == "cpu"
+    monkeypatch.setenv("HF_SPARSE_ATTN_BACKEND", "reference")
     assert backend_for(cpu) == "reference"
     monkeypatch.setenv("HF_SPARSE_ATTN_BACKEND", "cuda")
     with pytest.raises(ValueError, match="must be one of"):

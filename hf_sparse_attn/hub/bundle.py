@@ -1,7 +1,8 @@
 """Render a repo's ``modeling_sparse_prefill.py`` from ``hf_sparse_attn/runtime`` and the ops references.
 
 Everything in ``runtime/`` ships (that folder is what runs on the Hub), concatenated in the order its
-own imports give, after ``ops/common.py`` and every ``ops/<op>/naive.py``; package-internal imports
+own imports give, after ``ops/common.py``, every ``ops/<op>/naive.py`` and the vectorized CPU ops
+(``ops/<op>/cpu.py``, which import their naive module); package-internal imports
 are dropped because all names share one module namespace, and the runtime's ``ops.<name>`` calls go
 to a ``HubKernelOps`` (``runtime/remote_model.py``). A name defined twice would silently shadow the
 first, so rendering refuses it.
@@ -28,8 +29,10 @@ _MODULE_OBJECT = re.compile(r"^from \.+ import (\w+)", re.MULTILINE)
 
 
 def _ops_modules() -> list[str]:
-    naive = sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "ops").glob("*/naive.py"))
-    return ["ops/common.py", *naive]
+    ops = PACKAGE / "ops"
+    naive = sorted(p.relative_to(PACKAGE).as_posix() for p in ops.glob("*/naive.py"))
+    cpu = sorted(p.relative_to(PACKAGE).as_posix() for p in ops.glob("*/cpu.py"))
+    return ["ops/common.py", *naive, *cpu]
 
 
 def runtime_modules() -> list[str]:
@@ -74,7 +77,7 @@ def _check_unique_names(source: str) -> None:
             if name in seen and name != "__all__":
                 raise RuntimeError(
                     f"bundling would define {name!r} twice (lines {seen[name]} and {node.lineno} of the "
-                    "modeling file): rename one of them in hf_sparse_attn/runtime or ops/*/naive.py"
+                    "modeling file): rename one of them in hf_sparse_attn/runtime or ops/*/{naive,cpu}.py"
                 )
             seen[name] = node.lineno
 

@@ -1,7 +1,14 @@
-"""Kernel entry points: the Triton kernel on CUDA, the plain-PyTorch reference elsewhere.
+"""Kernel entry points: the Triton kernels on CUDA; off CUDA, vectorized PyTorch (``<op>/cpu.py``) for
+the two prefill ops and the plain-PyTorch references (``<op>/naive.py``, the spec) for the rest.
 
-Set ``HF_SPARSE_ATTN_BACKEND=reference`` to force the reference on CUDA too (debugging); with
-``triton`` the kernels also run off CUDA (under ``TRITON_INTERPRET=1``: how the CPU tests check them).
+On CUDA, ``auto`` runs block-sparse attention on FlashAttention-4 where it is installed and runs the
+call (Hopper, block 64 / 128, fp16 / bf16; ``block_sparse_attn/fa4.py``), else on the Triton kernel.
+
+``HF_SPARSE_ATTN_BACKEND`` overrides the choice: ``reference`` forces the references everywhere
+(debugging), ``cpu`` the vectorized ops, ``triton`` the kernels, which then also run off CUDA (under
+``TRITON_INTERPRET=1``: how the CPU tests check them), ``fa4`` FlashAttention-4 for the attention
+(an error where it cannot run) and Triton for the rest. Calls that autograd records take the
+reference off CUDA and raise on CUDA (the kernels have no backward).
 """
 
 from __future__ import annotations
@@ -10,15 +17,18 @@ import os
 
 import torch
 
+from .block_sparse_attn import cpu as _bsa_cpu
+from .block_sparse_attn import fa4 as _bsa_fa4
 from .block_sparse_attn import naive as _bsa_naive
 from .common import needs_grad, sequence_lengths
 from .decode_mass import naive as _decode_mass_naive
 from .kcache_quant import naive as _quant_naive
+from .pooled_mass import cpu as _mass_cpu
 from .pooled_mass import naive as _mass_naive
 from .probe_mass import naive as _probe_naive
 from .sparse_decode import naive as _decode_naive
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "fa4", "cpu", "reference")
 
 
 def backend_for(t: torch.Tensor) -> str:
@@ -26,7 +36,19 @@ def backend_for(t: torch.Tensor) -> str:
     if choice not in BACKENDS:
         raise ValueError(f"HF_SPARSE_ATTN_BACKEND must be one of {BACKENDS}, got {choice!r}")
     if choice == "auto":
-        return "triton" if t.is_cuda else "reference"
+        return "triton" if t.is_cuda else "cpu"
+    if choice == "fa4":
+        if not t.is_cuda:
+            raise ValueError(
+                f"HF_SPARSE_ATTN_BACKEND=fa4 with a tensor on {t.device}: FlashAttention-4 runs on CUDA only; "
+                "use HF_SPARSE_ATTN_BACKEND=auto"
+            )
+        return "triton"  # FA4 serves block-sparse attention only; the other ops stay on Triton
+    if choice == "cpu" and t.is_cuda:
+        raise ValueError(
+            "HF_SPARSE_ATTN_BACKEND=cpu with a CUDA tensor: the vectorized ops use PyTorch's CPU attention "
+            "kernel; use HF_SPARSE_ATTN_BACKEND=auto (Triton on CUDA) or reference"
+        )
     if choice == "triton" and not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             f"HF_SPARSE_ATTN_BACKEND=triton with a tensor on {t.device}: Triton kernels run off CUDA only "
@@ -47,15 +69,25 @@ def block_sparse_attention(
     seq_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse causal GQA attention; contract in ``block_sparse_attn/naive.py``."""
-    if backend_for(q) == "reference":
+    backend = backend_for(q)
+    if backend == "cpu" and not needs_grad(q, k, v) and _bsa_cpu.fused_cpu_attention_available():
+        return _bsa_cpu.block_sparse_attention_cpu(
+            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
+        )
+    if backend != "triton":
         return _bsa_naive.block_sparse_attention(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
     if needs_grad(q, k, v):
         raise NotImplementedError(
-            "the Triton block-sparse attention kernel has no backward: fine-tune with dense attention "
+            "the CUDA block-sparse attention kernels have no backward: fine-tune with dense attention "
             "(model.set_attn_implementation('sdpa')), or set HF_SPARSE_ATTN_BACKEND=reference for the slow, "
             "differentiable PyTorch path"
+        )
+    choice = os.environ.get("HF_SPARSE_ATTN_BACKEND", "auto")
+    if choice == "fa4" or (choice == "auto" and _bsa_fa4.fa4_unsupported_reason(q, block_size) is None):
+        return _bsa_fa4.block_sparse_attention_fa4(
+            q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
     from .block_sparse_attn.triton import block_sparse_attn_fwd
 
@@ -80,7 +112,10 @@ def pooled_attention_mass(
     seq_lens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-pooled causal attention mass; contract in ``pooled_mass/naive.py``."""
-    if backend_for(q) == "reference" or needs_grad(q, k):
+    backend = backend_for(q)
+    if backend == "cpu" and not needs_grad(q, k):
+        return _mass_cpu.pooled_attention_mass_cpu(q, k, block_size, scale, groups, seq_lens)
+    if backend != "triton" or needs_grad(q, k):
         return _mass_naive.pooled_attention_mass(q, k, block_size, scale, groups, seq_lens)
     from .pooled_mass.triton import pooled_attention_mass_op
 
@@ -103,7 +138,7 @@ def row_probe_mass(
     seq_lens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense attention mass of each query block's last valid query; contract in ``probe_mass/naive.py``."""
-    if backend_for(q) == "reference":
+    if backend_for(q) != "triton":
         return _probe_naive.row_probe_mass(q, k, block_size, scale, groups, seq_lens)
     from .probe_mass.triton import row_probe_mass_op
 
@@ -125,7 +160,7 @@ def decode_block_mass(
     key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indexer mass of one decode query row per key block; contract in ``decode_mass/naive.py``."""
-    if backend_for(k_idx) == "reference":
+    if backend_for(k_idx) != "triton":
         return _decode_mass_naive.decode_block_mass(q_idx, k_idx, block_size, scale, key_valid)
     from .decode_mass.triton import decode_block_mass_op
 
@@ -144,7 +179,7 @@ def sparse_decode_attention(
     key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step over the selected cache blocks; contract in ``sparse_decode/naive.py``."""
-    if backend_for(q) == "reference":
+    if backend_for(q) != "triton":
         return _decode_naive.sparse_decode_attention(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens, key_mask
         )
@@ -165,7 +200,7 @@ def sparse_decode_attention(
 
 def quantize_kcache(x: torch.Tensor, fmt: str = "int4", group: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """4-bit codes + FP8 group scales of indexer keys; contract in ``kcache_quant/naive.py``."""
-    if backend_for(x) == "reference":
+    if backend_for(x) != "triton":
         return _quant_naive.quantize(x, fmt, group)
     from .kcache_quant.triton import kcache_quantize_op
 
@@ -176,7 +211,7 @@ def dequantize_kcache(
     codes: torch.Tensor, scales: torch.Tensor, fmt: str = "int4", group: int = 16, dtype=torch.float32
 ) -> torch.Tensor:
     """Indexer keys back from ``quantize_kcache``; contract in ``kcache_quant/naive.py``."""
-    if backend_for(codes) == "reference":
+    if backend_for(codes) != "triton":
         return _quant_naive.dequantize(codes, scales, fmt, group, dtype)
     from .kcache_quant.triton import kcache_dequantize_op
 

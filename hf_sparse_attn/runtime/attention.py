@@ -11,7 +11,8 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   (static caches, left-padded batches, and the decode masks transformers 5.17 materializes under
   ``torch.compile``): indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel (see
   ``decode``). Prefills then also fill the layer's indexer K-cache.
-- dense, identical to ``sdpa``: decode steps (without ``sparse_decode``, or short ones, or with any
+- dense, identical to ``sdpa``: a selection that keeps every causal block (the same result, faster),
+  decode steps (without ``sparse_decode``, or short ones, or with any
   other mask), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
   non-causal modules (vision towers). Each such reason is logged once at debug level.
@@ -49,6 +50,9 @@ from .selection import (
 )
 
 ATTENTION_NAME = "sparse_prefill"
+# A selection that keeps every causal block runs sdpa (same result, faster); benchmarks that gate the
+# sparse kernels at density 1 switch this off.
+DENSE_WHEN_ALL_KEPT = True
 FORCED_BLOCKS_FILL_BUDGET = "forced blocks fill the budget"  # the warning's once-per-process reason
 
 
@@ -199,6 +203,11 @@ def sparse_prefill_attention(
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = layer_selection(module, q, k, layout.seq_lens)
     indexer.last_selection = blocks
+    if DENSE_WHEN_ALL_KEPT and bool((blocks.density() >= 1).all()):
+        _debug_once("the selection keeps every causal block")
+        return dense_attention(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     out, _ = ops.block_sparse_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )

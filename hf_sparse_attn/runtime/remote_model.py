@@ -4,7 +4,7 @@
 references of ``hf_sparse_attn/ops`` into the repo's ``modeling_sparse_prefill.py``, which works
 without hf_sparse_attn installed; there, ``ops`` is a ``HubKernelOps``: on CUDA it runs the kernel repo
 pinned in ``config.json`` (``sparse_kernels``: repo + commit + file hashes recorded at publish time),
-elsewhere the references. Installed as a library, these classes run ``hf_sparse_attn.ops``.
+elsewhere the vectorized CPU ops (the references under autograd). Installed as a library, these classes run ``hf_sparse_attn.ops``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from transformers.models.qwen3_5 import Qwen3_5ForCausalLM, Qwen3_5ForConditiona
 from transformers.utils import cached_file
 
 from .. import ops
+from ..ops.block_sparse_attn.cpu import block_sparse_attention_cpu, fused_cpu_attention_available
 from ..ops.block_sparse_attn.naive import block_sparse_attention
 from ..ops.common import needs_grad
 from ..ops.decode_mass.naive import decode_block_mass
 from ..ops.kcache_quant.naive import dequantize, quantize
+from ..ops.pooled_mass.cpu import pooled_attention_mass_cpu
 from ..ops.pooled_mass.naive import pooled_attention_mass
 from ..ops.probe_mass.naive import row_probe_mass
 from ..ops.sparse_decode.naive import sparse_decode_attention
@@ -126,16 +128,19 @@ class HubKernelOps:
         return getattr(kern, name, reference) if kern is not None else reference
 
     def block_sparse_attention(self, q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens=None):
-        fn = (
-            block_sparse_attention
-            if needs_grad(q, k, v)
-            else self._op(q, "block_sparse_attention", block_sparse_attention)
-        )
+        if needs_grad(q, k, v):
+            fn = block_sparse_attention
+        elif q.is_cuda:
+            fn = self._op(q, "block_sparse_attention", block_sparse_attention)
+        else:
+            fn = block_sparse_attention_cpu if fused_cpu_attention_available() else block_sparse_attention
         return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
 
     def pooled_attention_mass(self, q, k, block_size, scale, groups, seq_lens=None):
         if needs_grad(q, k):
             return pooled_attention_mass(q, k, block_size, scale, groups, seq_lens)
+        if not q.is_cuda:
+            return pooled_attention_mass_cpu(q, k, block_size, scale, groups, seq_lens)
         return self._op(q, "pooled_attention_mass", pooled_attention_mass)(
             q, k, block_size, scale, groups, seq_lens
         )

@@ -1,9 +1,11 @@
-"""`hf-sparse-attn bench kernels`: our block-sparse kernel vs SDPA (flash, cuDNN) and FlexAttention.
+"""`hf-sparse-attn bench kernels`: our block-sparse kernels vs SDPA (flash, cuDNN), FlexAttention and,
+where installed, FlashAttention-4 (dense causal, and block-sparse through our ``BlockList`` adapter).
 
 Every kernel is checked against a reference on the same inputs before it is timed, and a kernel
-that fails the check gets no speed. The identical block list is given to our kernel and, converted
-to a BlockMask (diagonal blocks partial with a causal mask_mod, the rest full), to FlexAttention.
-Effective TFLOP/s counts only the computed (selected, causal) blocks.
+that fails the check gets no speed. The identical block list is given to our Triton kernel, to FA4
+(full blocks + the masked diagonal) and, converted to a BlockMask (diagonal blocks partial with a
+causal mask_mod, the rest full), to FlexAttention. Effective TFLOP/s counts only the computed
+(selected, causal) blocks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from functools import partial
 
 import torch
 
-from hf_sparse_attn.ops import block_sparse_attention
+from hf_sparse_attn.ops.block_sparse_attn import fa4
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
 from hf_sparse_attn.runtime.selection import BlockList, select_blocks
 
@@ -163,6 +165,20 @@ def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None
             rows.append(Row(shape, S, 1.0, name, None, None, None, None, f"unavailable: {str(e)[:80]}"))
             ms = None
         cudnn_ms = ms if name == "sdpa-cudnn" else cudnn_ms
+    if fa4.fa4_installed():
+        _timed(
+            rows,
+            progress,
+            shape,
+            S,
+            1.0,
+            "fa4-dense",
+            partial(_fa4_dense, q, k, v, scale),
+            ref,
+            dense_flops,
+            cudnn_ms,
+            dtype,
+        )
     flex_opts = {"kernel_options": {"BLOCK_M": block, "BLOCK_N": block}} if block < 128 else {}
     if flex is not None:
         causal = flex_block_mask(random_block_list(1, S, 128, 1.0, "cuda"), S)
@@ -200,12 +216,32 @@ def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None
                 our_out if our_out is not None else block_sparse_attention_reference(q, k, v, blocks, scale)
             )
         _timed(rows, progress, shape, S, actual, f"flex-bs{block}", fl, check, flops, cudnn_ms, dtype)
+        if fa4.fa4_unsupported_reason(q, block) is None:
+            fa = partial(_fa4_sparse, q, k, v, blocks, scale)
+            _timed(rows, progress, shape, S, actual, f"fa4-bs{block}", fa, check, flops, cudnn_ms, dtype)
 
 
 def _ours(q, k, v, blocks: BlockList, scale: float) -> torch.Tensor:
-    return block_sparse_attention(q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scale)[
-        0
-    ]
+    from hf_sparse_attn.ops.block_sparse_attn.triton import block_sparse_attention_triton
+
+    return block_sparse_attention_triton(
+        q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scale
+    )[0]
+
+
+def _fa4_sparse(q, k, v, blocks: BlockList, scale: float) -> torch.Tensor:
+    return fa4.block_sparse_attention_fa4(
+        q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scale
+    )[0]
+
+
+def _fa4_dense(q, k, v, scale: float) -> torch.Tensor:
+    from flash_attn.cute import flash_attn_func
+
+    out = flash_attn_func(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale, causal=True
+    )
+    return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
 
 
 def block_sparse_attention_reference(q, k, v, blocks: BlockList, scale: float) -> torch.Tensor:
