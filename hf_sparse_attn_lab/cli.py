@@ -338,8 +338,26 @@ def _kcache_agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs_tables(args: argparse.Namespace) -> int:
+    from .docs_tables import render_docs, stale_docs
+
+    if args.check:
+        stale = stale_docs()
+        for path in stale:
+            print(f"{path}: generated tables differ from results/*.json (run hf-sparse-attn docs-tables)")
+        return 1 if stale else 0
+    for path in render_docs():
+        print(f"rewrote {path}")
+    return 0
+
+
 def add_commands(sub) -> None:
     """Add the lab's subcommands to the ``hf-sparse-attn`` parser."""
+    tables = sub.add_parser(
+        "docs-tables", help="render the README's and docs' tables from results/*.json (run from a checkout)"
+    )
+    tables.add_argument("--check", action="store_true", help="only report docs whose tables are stale")
+    tables.set_defaults(func=_docs_tables)
     ev = sub.add_parser(
         "eval", help="task accuracy of selection methods (dense, oracles, indexer, baselines)"
     )

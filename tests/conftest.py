@@ -79,3 +79,12 @@ def dense_causal_attention(q, k, v, scale, token_mask=None):
     scores = scores.masked_fill(~keep, float("-inf"))
     probs = torch.softmax(scores, -1).nan_to_num(0.0)
     return probs @ vv, probs
+
+
+@pytest.fixture(autouse=True)
+def _kernels_at_full_density(monkeypatch):
+    """Many tests compare the sparse path with sdpa at density 1: there they must run the sparse
+    kernels, not the dense shortcut a full budget takes in use (tested on its own in test_model.py)."""
+    from hf_sparse_attn.runtime import attention
+
+    monkeypatch.setattr(attention, "DENSE_WHEN_ALL_KEPT", False)

@@ -277,3 +277,26 @@ def test_sparse_prefill_never_builds_an_s_by_s_tensor(monkeypatch):
     with _LargestTensor() as probe:
         sparse_prefill_attention(attn, q, k, v, None, scaling=0.25)
     assert probe.largest < S * S // 8, f"largest tensor has {probe.largest} elements (S*S = {S * S})"
+
+
+@pytest.mark.parametrize("budget", [{"density": 1.0}, {"top_k": 64}, {"density": 0.5}, {"top_p": 1.0}])
+def test_a_budget_that_keeps_every_block_runs_sdpa(monkeypatch, budget):
+    """density 1 / a top_k above the block count run sdpa (same result, no scoring); budgets that
+    may drop a block, and top-p (score-dependent, decided without a device sync), run sparse."""
+    from hf_sparse_attn import ops
+    from hf_sparse_attn.runtime import attention
+
+    monkeypatch.setattr(attention, "DENSE_WHEN_ALL_KEPT", True)
+    calls = []
+    real = ops.block_sparse_attention
+    monkeypatch.setattr(ops, "block_sparse_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = qwen3_config(num_heads=2, num_kv_heads=1, layers=1)
+    dense = build(cfg)
+    model = attach_indexer(twin(dense), SparseAttentionConfig(block_size=16, min_sparse_len=16, **budget))
+    ids = torch.randint(0, 100, (1, 200))
+    with torch.no_grad():
+        out, ref = model(ids).logits, dense(ids).logits
+    sparse_ran = bool(calls)
+    assert sparse_ran == (budget in ({"density": 0.5}, {"top_p": 1.0}))
+    if not sparse_ran:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)

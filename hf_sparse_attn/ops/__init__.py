@@ -1,8 +1,8 @@
 """Kernel entry points: the Triton kernels on CUDA; off CUDA, vectorized PyTorch (``<op>/cpu.py``) for
 the two prefill ops and the plain-PyTorch references (``<op>/naive.py``, the spec) for the rest.
 
-On CUDA, ``auto`` runs block-sparse attention on FlashAttention-4 where it is installed and runs the
-call (Hopper, block 64 / 128, fp16 / bf16; ``block_sparse_attn/fa4.py``), else on the Triton kernel.
+On CUDA, ``auto`` runs block-sparse attention on FlashAttention-4 where it is installed and faster
+(Hopper, block 128, fp16 / bf16; ``block_sparse_attn/fa4.py``), else on the Triton kernel.
 
 ``HF_SPARSE_ATTN_BACKEND`` overrides the choice: ``reference`` forces the references everywhere
 (debugging), ``cpu`` the vectorized ops, ``triton`` the kernels, which then also run off CUDA (under
@@ -85,7 +85,13 @@ def block_sparse_attention(
             "differentiable PyTorch path"
         )
     choice = os.environ.get("HF_SPARSE_ATTN_BACKEND", "auto")
-    if choice == "fa4" or (choice == "auto" and _bsa_fa4.fa4_unsupported_reason(q, block_size) is None):
+    auto_fa4 = (
+        choice == "auto"
+        and not torch.compiler.is_compiling()  # FA4 is no torch.library op: compiled graphs run Triton
+        and block_size in _bsa_fa4.AUTO_BLOCK_SIZES
+        and _bsa_fa4.fa4_unsupported_reason(q, block_size) is None
+    )
+    if choice == "fa4" or auto_fa4:
         return _bsa_fa4.block_sparse_attention_fa4(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )

@@ -11,7 +11,7 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   (static caches, left-padded batches, and the decode masks transformers 5.17 materializes under
   ``torch.compile``): indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel (see
   ``decode``). Prefills then also fill the layer's indexer K-cache.
-- dense, identical to ``sdpa``: a selection that keeps every causal block (the same result, faster),
+- dense, identical to ``sdpa``: a budget that keeps every causal block (the same result, faster),
   decode steps (without ``sparse_decode``, or short ones, or with any
   other mask), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
@@ -43,6 +43,7 @@ from .padding import PaddingLayout
 from .patterns import pattern_block_scores
 from .selection import (
     BlockList,
+    budget_keeps_every_block,
     forced_blocks_fill_budget,
     select_blocks,
     with_dense_groups,
@@ -50,7 +51,7 @@ from .selection import (
 )
 
 ATTENTION_NAME = "sparse_prefill"
-# A selection that keeps every causal block runs sdpa (same result, faster); benchmarks that gate the
+# A budget that keeps every causal block (density 1, top_k >= the blocks) runs sdpa (same result, faster); benchmarks that gate the
 # sparse kernels at density 1 switch this off.
 DENSE_WHEN_ALL_KEPT = True
 FORCED_BLOCKS_FILL_BUDGET = "forced blocks fill the budget"  # the warning's once-per-process reason
@@ -187,6 +188,8 @@ def sparse_prefill_attention(
         reason = "prompt shorter than min_sparse_len"
     elif attention_mask is not None and not _is_compact(attention_mask, q_len):
         reason = "non-causal or cache-sized mask"
+    elif DENSE_WHEN_ALL_KEPT and budget_keeps_every_block(indexer.config, q_len):
+        reason = "the budget keeps every causal block"
     if reason is not None:
         _debug_once(reason)
         if sparse_decode and q_len == kv_len:
@@ -203,11 +206,6 @@ def sparse_prefill_attention(
     q, k, v = layout.to_right(query), layout.to_right(key), layout.to_right(value)
     blocks = layer_selection(module, q, k, layout.seq_lens)
     indexer.last_selection = blocks
-    if DENSE_WHEN_ALL_KEPT and bool((blocks.density() >= 1).all()):
-        _debug_once("the selection keeps every causal block")
-        return dense_attention(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
     out, _ = ops.block_sparse_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )

@@ -147,6 +147,17 @@ def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
     return value if name == "top_k" else math.ceil(n_cand * value - 1e-6)
 
 
+def budget_keeps_every_block(config: SparseAttentionConfig, seq_len: int) -> bool:
+    """Whether a ``density`` / ``top_k`` budget keeps every causal block of every query block at this
+    length (from the config only: no device sync; top-p budgets depend on the scores)."""
+    name, value = config.budget
+    if name == "top_p":
+        return False
+    return _budget_blocks(config, num_blocks(seq_len, config.block_size)) >= num_blocks(
+        seq_len, config.block_size
+    )
+
+
 def forced_blocks_fill_budget(config: SparseAttentionConfig, seq_len: int) -> bool:
     """Whether the sink and local blocks alone meet a ``density`` / ``top_k`` budget in every query
     block outside the dense tail, so the selector adds nothing (top-p budgets depend on the scores).

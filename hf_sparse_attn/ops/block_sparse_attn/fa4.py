@@ -23,6 +23,11 @@ from .naive import check_block_list
 # (block_size, largest head dim) -> the key tile FA4 uses on sm90, measured on an H200 with 4.0.0b36:
 # head dim <= 128 runs (128, 128) and (64, 64); head dim 256 runs only 64-key tiles.
 _SM90_KEY_TILE = {(64, 128): 64, (128, 128): 128, (64, 256): 64, (128, 256): 64}
+# Where ``auto`` prefers FA4 to the Triton kernel (H200, 128K tokens, 10% kept, bf16): at block 128 FA4
+# ran 507 vs 410 TFLOP/s (D 128) and 564 vs 365 (D 256); at block 64 Triton was faster (459 vs 402,
+# 511 vs 468), so block 64 stays on Triton unless HF_SPARSE_ATTN_BACKEND=fa4.
+AUTO_BLOCK_SIZES = (128,)
+_UNUSED = 2**31 - 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,11 +83,10 @@ def fa4_block_lists(
     masked = valid & (idx >= diagonal)
     lists = []
     for keep in (masked, full):
-        packed = torch.sort(torch.where(keep, idx, idx.new_tensor(torch.iinfo(torch.int32).max)), -1).values
-        count = keep.sum(-1)
-        width = max(1, int(count.max()))
-        packed = torch.where(packed[..., :width] == torch.iinfo(torch.int32).max, 0, packed[..., :width])
-        lists += [count.to(torch.int32), packed.to(torch.int32)]
+        # scalars, not new tensors, and the full width: nothing here copies to or from the host
+        packed = torch.sort(torch.where(keep, idx, _UNUSED), -1).values
+        packed = torch.where(packed == _UNUSED, 0, packed)
+        lists += [keep.sum(-1).to(torch.int32), packed.to(torch.int32)]
     if G > 1:
         head_group = torch.arange(query_heads, device=idx.device) // (query_heads // G)
         lists = [t[:, head_group].contiguous() for t in lists]

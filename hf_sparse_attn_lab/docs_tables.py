@@ -1,0 +1,149 @@
+"""`hf-sparse-attn docs-tables`: the tables of README.md and docs/*.md, rendered from results/*.json.
+
+A generated table sits between ``<!-- table: NAME -->`` and ``<!-- end table -->``; ``render_docs``
+rewrites those spans and ``check`` (a test) fails when a doc and its JSON disagree, so a number in
+the docs is always the one in the evidence folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEED = "results/speed_h200"
+QUALITY = "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"
+_SPAN = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
+SHAPE_NAMES = {
+    "qwen3-8b": "Qwen3-8B (32 q / 8 kv heads, D 128)",
+    "qwen3.5-9b": "Qwen3.5-9B full-attn layer (16 / 4, D 256)",
+}
+
+
+def _load(rel: str) -> dict:
+    return json.loads((ROOT / rel).read_text())
+
+
+def _kernel_cell(rows: list[dict], shape: str, method: str, density: float) -> str:
+    for r in rows:
+        if r["shape"] == shape and r["method"] == method and abs(r["density"] - density) < 0.01 and r["ms"]:
+            return f"{r['ms']:.1f} ms / {r['tflops']:.0f}"
+    return "n/a"
+
+
+def kernels_table() -> str:
+    """One layer's attention at 128K tokens, 10% kept, per method and block size."""
+    b128 = _load(f"{SPEED}/kernels_bs128.json")
+    b64 = _load(f"{SPEED}/kernels_bs64.json")
+    cols = [
+        ("ours, Triton, block 64", b64, "ours-bs64", 0.1),
+        ("ours, Triton, block 128", b128, "ours-bs128", 0.1),
+        ("ours, FA4 backend, block 128", b128, "fa4-bs128", 0.1),
+        ("FlexAttention, block 128", b128, "flex-bs128", 0.1),
+        ("dense SDPA cuDNN", b128, "sdpa-cudnn", 1.0),
+        ("dense FA4", b128, "fa4-dense", 1.0),
+    ]
+    lines = [
+        f"{b128['environment']['device']}, bf16, batch 1, 128K tokens, median ms / effective TFLOP/s over the kept causal pairs:",
+        "",
+        "| shape | " + " | ".join(c[0] for c in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for shape, name in SHAPE_NAMES.items():
+        cells = [_kernel_cell(src["rows"], shape, method, d) for _, src, method, d in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ttft_table() -> str:
+    """Whole-model prefill of the Qwen3-8B shape at 128K tokens, both dense baselines and the ceiling."""
+    data = _load(f"{SPEED}/ttft_qwen3-8b_128k.json")
+    rows = data["rows"]
+    first = rows[0]
+    lines = [
+        f"Qwen3-8B shape (random bf16 weights), {first['seq_len'] // 1024}K tokens, {data['environment']['device']}, "
+        "time to the first token's logits:",
+        "",
+        "| run | kept | seconds | vs SDPA dense | vs FA4 dense | share of the no-op ceiling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "seconds" not in r:
+            continue
+        kept = "all" if r["budget"] == "dense" else f"{r['density']:.3f}"
+        vs_fa4 = r.get("speedup_vs_fa4")
+        lines.append(
+            f"| {r['method'] if r['budget'] == 'dense' else r['method'] + ' ' + r['budget']} | {kept} | {r['seconds']:.2f} | "
+            f"{r['speedup']:.2f}x | {f'{vs_fa4:.2f}x' if vs_fa4 else 'n/a'} | {r['fraction_of_ceiling']:.2f} |"
+        )
+    lines.append(
+        f"| attention as a no-op (ceiling) | none | {first['noop_ceiling_s']:.2f} | {first['ceiling_speedup']:.2f}x | "
+        f"{first['fa4_dense_s'] / first['noop_ceiling_s']:.2f}x | 1.00 |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def macro_with_ci(rows: list[dict]) -> tuple[float, float, int]:
+    """(macro accuracy %, 95% half-width %, prompts per task) of one method's per-task rows: the macro
+    is the mean over tasks; its variance the sum of the tasks' binomial variances / tasks^2."""
+    tasks = len(rows)
+    macro = sum(r["accuracy"] for r in rows) / tasks
+    var = sum(r["accuracy"] * (1 - r["accuracy"]) / max(1, r["samples"] - 1) for r in rows) / tasks**2
+    return 100 * macro, 100 * 1.96 * math.sqrt(var), min(r["samples"] for r in rows)
+
+
+def quality_table() -> str:
+    """Macro accuracy of each selection method on the bundled proxy at 4096 tokens, with 95% CIs."""
+    data = _load(QUALITY)
+    by_label: dict[str, list[dict]] = {}
+    for r in data["rows"]:
+        if r["length"] == 4096:
+            by_label.setdefault(r["label"], []).append(r)
+    lines = [
+        "| method | macro accuracy, 95% CI | kept blocks | prompts per task |",
+        "|---|---|---|---|",
+    ]
+    for label, rows in sorted(by_label.items(), key=lambda kv: -macro_with_ci(kv[1])[0]):
+        macro, half, n = macro_with_ci(rows)
+        kept = sum(r["density"] or 1.0 for r in rows) / len(rows)
+        lines.append(f"| {label} | {macro:.1f} ± {half:.1f} | {kept:.3f} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "kernels-128k": kernels_table,
+    "ttft-128k": ttft_table,
+    "quality-4k": quality_table,
+}
+
+
+def render(text: str) -> str:
+    def sub(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in TABLES:
+            raise KeyError(f"unknown generated table {name!r}; known: {sorted(TABLES)}")
+        return m.group(1) + TABLES[name]() + m.group(4)
+
+    return _SPAN.sub(sub, text)
+
+
+def doc_paths() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def stale_docs() -> list[Path]:
+    """Docs whose generated tables differ from what the JSON renders."""
+    return [p for p in doc_paths() if render(p.read_text()) != p.read_text()]
+
+
+def render_docs() -> list[Path]:
+    """Rewrite every generated table in place (atomically); returns the files that changed."""
+    from hf_sparse_attn.runtime.fileio import atomic_write_text
+
+    changed = stale_docs()
+    for path in changed:
+        atomic_write_text(path, render(path.read_text()))
+    return changed

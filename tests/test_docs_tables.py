@@ -1,0 +1,24 @@
+"""The README's and docs' tables are the ones rendered from results/*.json."""
+
+from __future__ import annotations
+
+from hf_sparse_attn_lab import docs_tables
+
+
+def test_docs_tables_match_the_results_json():
+    assert docs_tables.stale_docs() == [], "run `hf-sparse-attn docs-tables` and commit the docs"
+
+
+def test_every_generated_table_is_used_and_a_hand_edit_is_caught():
+    text = "\n".join(p.read_text() for p in docs_tables.doc_paths())
+    for name in docs_tables.TABLES:
+        assert f"<!-- table: {name} -->" in text
+    readme = (docs_tables.ROOT / "README.md").read_text()
+    edited = readme.replace("87.8 ± 1.0", "89.8 ± 1.0")
+    assert edited != readme and docs_tables.render(edited) == readme
+
+
+def test_macro_interval_shrinks_with_prompts():
+    rows = [{"accuracy": 0.8, "samples": n} for n in (10,)] * 4
+    many = [{"accuracy": 0.8, "samples": 100}] * 4
+    assert docs_tables.macro_with_ci(rows)[1] > docs_tables.macro_with_ci(many)[1] > 0
