@@ -8,7 +8,6 @@ the docs is always the one in the evidence folder.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -87,12 +86,12 @@ def ttft_table() -> str:
 
 
 def macro_with_ci(rows: list[dict]) -> tuple[float, float, int]:
-    """(macro accuracy %, 95% half-width %, prompts per task) of one method's per-task rows: the macro
-    is the mean over tasks; its variance the sum of the tasks' binomial variances / tasks^2."""
-    tasks = len(rows)
-    macro = sum(r["accuracy"] for r in rows) / tasks
-    var = sum(r["accuracy"] * (1 - r["accuracy"]) / max(1, r["samples"] - 1) for r in rows) / tasks**2
-    return 100 * macro, 100 * 1.96 * math.sqrt(var), min(r["samples"] for r in rows)
+    """(macro accuracy %, 95% half-width %, prompts per task) of one method's per-task rows."""
+    from .eval.runner import macro_interval
+
+    macro = sum(r["accuracy"] for r in rows) / len(rows)
+    half = macro_interval([(r["accuracy"], r["samples"]) for r in rows])
+    return 100 * macro, 100 * half, min(r["samples"] for r in rows)
 
 
 def quality_table() -> str:

@@ -293,3 +293,34 @@ def test_eval_cli_set_rejects_architecture_fields(capsys, tmp_path):
     args = ["eval", "--methods", "dense", "--lengths", "512", "--samples", "1", "--tasks", "niah_single_1"]
     assert main(args + ["--device", "cpu", "--set", "indexer_dim=32", "--out", str(tmp_path)]) == 2
     assert "change the indexer architecture" in capsys.readouterr().err
+
+
+def test_macro_reports_intervals_and_the_paired_difference_to_dense(tmp_path):
+    """Every (method, length) cell carries a 95% interval, and a method run on the same prompts as
+    dense its per-prompt paired difference; the JSON summary and the markdown show both."""
+    from hf_sparse_attn_lab.eval.runner import macro_interval, paired_difference
+
+    def row(method, task, correct):
+        return {
+            "method": method,
+            "label": method,
+            "length": 512,
+            "task": task,
+            "density": None,
+            "accuracy": sum(correct) / len(correct),
+            "samples": len(correct),
+            "correct": correct,
+        }
+
+    dense = [row("dense", "a", [1, 1, 1, 0] * 25), row("dense", "b", [1, 0] * 50)]
+    sparse = [row("indexer", "a", [1, 1, 0, 0] * 25), row("indexer", "b", [1, 0] * 50)]
+    summary = macro(dense + sparse)
+    diff, half = summary[("indexer", 512)]["vs_dense"]
+    assert diff == pytest.approx(-0.125) and 0 < half < 0.1
+    assert summary[("dense", 512)]["vs_dense"] is None
+    assert summary[("dense", 512)]["ci95"] == pytest.approx(macro_interval([(0.75, 100), (0.5, 100)]))
+    assert paired_difference(sparse, [row("dense", "a", [1, 0])]) is None  # other prompts: no pairing
+    write_report(dense + sparse, tmp_path, {"model": "tiny"})
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert {s["label"] for s in saved["summary"]} == {"dense", "indexer"}
+    assert "-12.5 ± " in (tmp_path / "eval.md").read_text()

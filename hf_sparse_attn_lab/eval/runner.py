@@ -8,6 +8,7 @@ are dense. Samples are seeded per (task, length, index), so every method sees th
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -21,6 +22,7 @@ from hf_sparse_attn.runtime.attention import (
     clear_selections,
     kept_density_per_layer,
 )
+from hf_sparse_attn.runtime.fileio import atomic_write_text
 from hf_sparse_attn.runtime.log import silenced
 from hf_sparse_attn.runtime.modeling import ARCHITECTURE_FIELDS, sparse_config_of, update_sparse_config
 from hf_sparse_attn.tasks import TASKS, generate, score
@@ -142,6 +144,7 @@ def _run(model, tokenizer, method: Method, length: int, task: str, samples, batc
         "task": task,
         "accuracy": sum(correct) / len(correct),
         "samples": len(correct),
+        "correct": [int(c) for c in correct],
         "target_density": method.target_density,
         "density": measured,
         "layer_density": layer_density,
@@ -169,22 +172,58 @@ def evaluate_matched_topk(
     return out
 
 
+def macro_interval(tasks: list[tuple[float, int]]) -> float:
+    """95% half-width of a macro accuracy (mean over tasks) from each task's (accuracy, prompts): the
+    tasks are independent binomials, so var(macro) = sum of p (1 - p) / (n - 1) over tasks / tasks^2."""
+    var = sum(p * (1 - p) / max(1, n - 1) for p, n in tasks) / len(tasks) ** 2
+    return 1.96 * math.sqrt(var)
+
+
+def paired_difference(method_rows: list[dict], dense_rows: list[dict]) -> tuple[float, float] | None:
+    """(macro accuracy minus dense, 95% half-width) over the same prompts, paired per prompt; None when
+    the rows lack per-prompt results or do not cover the same tasks and prompt counts."""
+    dense = {r["task"]: r.get("correct") for r in dense_rows}
+    diffs = []
+    for r in method_rows:
+        a, b = r.get("correct"), dense.get(r["task"])
+        if a is None or b is None or len(a) != len(b):
+            return None
+        diffs.append([x - y for x, y in zip(a, b, strict=True)])
+    if not diffs:
+        return None
+    means = [sum(d) / len(d) for d in diffs]
+    var = (
+        sum(
+            sum((x - m) ** 2 for x in d) / max(1, len(d) - 1) / len(d)
+            for d, m in zip(diffs, means, strict=True)
+        )
+        / len(diffs) ** 2
+    )
+    return sum(means) / len(means), 1.96 * math.sqrt(var)
+
+
 def macro(rows: list[dict]) -> dict[tuple[str, int], dict]:
-    """{(label, length): {"accuracy": macro over tasks, "density": mean measured density, ...}}."""
+    """{(label, length): {"accuracy": macro over tasks, "ci95": its 95% half-width, "vs_dense": (paired
+    difference to dense on the same prompts, half-width) or None, "density": mean measured density}}."""
     out: dict[tuple[str, int], dict] = {}
     for r in rows:
         entry = out.setdefault(
             (r["label"], r["length"]),
-            {"method": r["method"], "block_size": r.get("block_size"), "acc": [], "dens": []},
+            {"method": r["method"], "block_size": r.get("block_size"), "rows": [], "dens": []},
         )
-        entry["acc"].append(r["accuracy"])
+        entry["rows"].append(r)
         if r["density"] is not None:
             entry["dens"].append(r["density"])
+    dense = {length: e["rows"] for (label, length), e in out.items() if e["method"] == "dense"}
     return {
         key: {
             "method": e["method"],
             "block_size": e["block_size"],
-            "accuracy": sum(e["acc"]) / len(e["acc"]),
+            "accuracy": sum(r["accuracy"] for r in e["rows"]) / len(e["rows"]),
+            "ci95": macro_interval([(r["accuracy"], r["samples"]) for r in e["rows"]]),
+            "vs_dense": None
+            if e["method"] == "dense" or key[1] not in dense
+            else paired_difference(e["rows"], dense[key[1]]),
             "density": sum(e["dens"]) / len(e["dens"]) if e["dens"] else None,
         }
         for key, e in out.items()
@@ -195,23 +234,30 @@ def write_report(rows: list[dict], out_dir: str | os.PathLike, meta: dict) -> di
     """JSON (rows + meta), a markdown table per length, and PNG plots (if matplotlib is installed)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "eval.json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     lengths = sorted({r["length"] for r in rows})
     summary = macro(rows)
+    table = [{"label": label, "length": length, **values} for (label, length), values in summary.items()]
+    atomic_write_text(out / "eval.json", json.dumps({"meta": meta, "summary": table, "rows": rows}, indent=2))
     lines = [f"# Eval: {meta.get('model', '')}", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k != "model"]
     for length in lengths:
         lines += ["", f"## {length} tokens", ""]
-        lines.append("| method | kept density | macro | " + " | ".join(tasks) + " |")
-        lines.append("|---|---|---|" + "---|" * len(tasks))
+        lines.append(
+            "| method | kept density | macro, 95% CI | vs dense, paired | " + " | ".join(tasks) + " |"
+        )
+        lines.append("|---|---|---|---|" + "---|" * len(tasks))
         for label in dict.fromkeys(r["label"] for r in rows if r["length"] == length):
             acc = {r["task"]: r["accuracy"] for r in rows if r["label"] == label and r["length"] == length}
             s = summary[(label, length)]
             dens = "-" if s["density"] is None else f"{s['density']:.3f}"
             cells = " | ".join(f"{100 * acc[t]:.0f}" if t in acc else "-" for t in tasks)
-            lines.append(f"| {label} | {dens} | **{100 * s['accuracy']:.1f}** | {cells} |")
+            paired = (
+                "-" if s["vs_dense"] is None else "{:+.1f} ± {:.1f}".format(*(100 * x for x in s["vs_dense"]))
+            )
+            lines.append(
+                f"| {label} | {dens} | **{100 * s['accuracy']:.1f}** ± {100 * s['ci95']:.1f} | {paired} | {cells} |"
+            )
     lines += _layer_table(rows, lengths)
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     files = {"json": str(out / "eval.json"), "markdown": str(out / "eval.md")}
