@@ -57,47 +57,87 @@ def block_sparse_attention_cpu(
     unit_kv = torch.arange(U, device=dev) // (U // Hkv)
     unit_group = torch.arange(U, device=dev) // (U // G)
     qf = torch.nn.functional.pad(q.float(), (0, 0, 0, pad)).view(B, U, r, nq, block_size, D)
-    kf = k.float()[:, unit_kv]
-    vf = v.float()[:, unit_kv]
+    qf = qf.permute(0, 1, 3, 2, 4, 5).contiguous()  # [B, U, nQ, r, bs, D]: a query block's heads together
+    kb = torch.nn.functional.pad(k.float(), (0, 0, 0, pad))[:, unit_kv].view(B, U, nq, block_size, D)
+    vb = torch.nn.functional.pad(v.float(), (0, 0, 0, pad))[:, unit_kv].view(B, U, nq, block_size, D)
     counts = kv_num_blocks.long()[:, unit_group]
     indices = kv_indices.long()[:, unit_group]
-    out = torch.zeros(B, U, r, nq, block_size, D, dtype=torch.float32, device=dev)
-    lse = torch.full((B, U, r, nq, block_size), float("-inf"), dtype=torch.float32, device=dev)
-    offs = torch.arange(block_size, device=dev)
+    listed = torch.arange(indices.shape[-1], device=dev) < counts[..., None]
+    query_block = torch.arange(nq, device=dev)[:, None]
+    # The diagonal block, causal inside, for every query block at once (no mask tensor at all) ...
+    diag_out, diag_lse = _attend(qf, kb.unsqueeze(3), vb.unsqueeze(3), None, scale, causal=True)
+    has_diag = (listed & (indices == query_block)).any(-1)  # [B, U, nQ]
+    diag_lse = diag_lse.masked_fill(~has_diag[..., None, None], float("-inf"))
+    # ... and the listed blocks left of it, which need no token mask: one additive 0 / -inf per slot.
+    out = diag_out.masked_fill_(~has_diag[..., None, None, None], 0.0)  # blocks with no left block keep these
+    lse = diag_lse
     b_idx = torch.arange(B, device=dev)[:, None, None, None]
     u_idx = torch.arange(U, device=dev)[None, :, None, None]
+    left = listed & (indices < query_block)
     for qb0, qb1, width in _gather_chunks(counts.amax(dim=(0, 1)).tolist(), B * Hq * block_size * block_size):
-        nc = qb1 - qb0
-        slot = torch.arange(width, device=dev)
         idx = indices[:, :, qb0:qb1, :width]
-        pos = (idx[..., None] * block_size + offs).flatten(-2)  # [B, U, nc, L]
-        keys = kf[b_idx, u_idx, pos.clamp(max=S - 1)]  # [B, U, nc, L, D]
-        vals = vf[b_idx, u_idx, pos.clamp(max=S - 1)]
-        qpos = (torch.arange(qb0, qb1, device=dev)[:, None] * block_size + offs).view(1, 1, nc, block_size, 1)
-        keep = (
-            (slot < counts[:, :, qb0:qb1, None]).repeat_interleave(block_size, -1)[:, :, :, None, :]
-            & (pos[:, :, :, None, :] <= qpos)
-            & (pos < lens[:, None, None, None])[:, :, :, None, :]
-        )  # [B, U, nc, bs, L]
-        bias = torch.zeros(keep.shape, dtype=torch.float32, device=dev).masked_fill_(~keep, float("-inf"))
-        n, L = B * U * nc, pos.shape[-1]
-        qc = qf[:, :, :, qb0:qb1].permute(0, 1, 3, 2, 4, 5).reshape(n, r, block_size, D)
-        o, row_lse = _FUSED_ATTENTION(
-            qc,
-            keys.view(n, 1, L, D).expand(n, r, L, D),
-            vals.view(n, 1, L, D).expand(n, r, L, D),
-            0.0,
-            False,
-            attn_mask=bias.view(n, 1, block_size, L).expand(n, r, block_size, L),
-            scale=scale,
-        )[:2]
-        attended = (keep.any(-1) & (qpos[..., 0] < lens[:, None, None, None])).view(n, 1, block_size)
-        o = o.masked_fill(~attended[..., None], 0.0).view(B, U, nc, r, block_size, D)
-        row_lse = row_lse.masked_fill(~attended, float("-inf")).view(B, U, nc, r, block_size)
-        out[:, :, :, qb0:qb1] = o.permute(0, 1, 3, 2, 4, 5)
-        lse[:, :, :, qb0:qb1] = row_lse.permute(0, 1, 3, 2, 4)
-    out = out.view(B, Hq, nq * block_size, D)[:, :, :S]
-    return out.to(q.dtype), lse.view(B, Hq, nq * block_size)[:, :, :S]
+        keys = kb[b_idx, u_idx, idx]  # [B, U, nc, W, bs, D]
+        vals = vb[b_idx, u_idx, idx]
+        bias = torch.zeros(left[:, :, qb0:qb1, :width].shape, dtype=torch.float32, device=dev)
+        bias.masked_fill_(~left[:, :, qb0:qb1, :width], float("-inf"))
+        o, row_lse = _attend(qf[:, :, qb0:qb1], keys, vals, bias, scale, causal=False)
+        o, row_lse = _merge(o, row_lse, out[:, :, qb0:qb1], lse[:, :, qb0:qb1])
+        out[:, :, qb0:qb1], lse[:, :, qb0:qb1] = o, row_lse
+    qpos = (query_block * block_size + torch.arange(block_size, device=dev)).view(1, 1, nq, 1, block_size)
+    padding = qpos >= lens.view(B, 1, 1, 1, 1)
+    out = (
+        out.masked_fill_(padding[..., None], 0.0).permute(0, 1, 3, 2, 4, 5).reshape(B, Hq, nq * block_size, D)
+    )
+    lse = lse.masked_fill_(padding, float("-inf")).permute(0, 1, 3, 2, 4).reshape(B, Hq, nq * block_size)
+    return out[:, :, :S].to(q.dtype), lse[:, :, :S]
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_bias: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused attention of q [B, U, n, r, bs, D] over k / v [B, U, n, W, bs, D] (the r heads of a unit
+    share them), ``slot_bias`` [B, U, n, W] added to every key of a slot. Returns (out, lse) shaped
+    like q and q[..., 0]; rows that see no key get out 0 and lse -inf."""
+    B, U, n, r, bs, D = q.shape
+    W = k.shape[3]
+    N, L = B * U * n, W * bs
+    mask = None
+    if slot_bias is not None:
+        mask = slot_bias.repeat_interleave(bs, -1).view(N, 1, 1, L).expand(N, r, bs, L)
+    o, row_lse = _FUSED_ATTENTION(
+        q.reshape(N, r, bs, D),
+        k.reshape(N, 1, L, D).expand(N, r, L, D),
+        v.reshape(N, 1, L, D).expand(N, r, L, D),
+        0.0,
+        causal,
+        attn_mask=mask,
+        scale=scale,
+    )[:2]
+    o, row_lse = o.view(B, U, n, r, bs, D), row_lse.view(B, U, n, r, bs)
+    if slot_bias is not None:  # the fused kernel returns lse 0 (not -inf) for a row with no key
+        none = torch.isinf(slot_bias).all(-1)[..., None, None]
+        row_lse = row_lse.masked_fill(none, float("-inf"))
+        o = o.masked_fill(none[..., None], 0.0)
+    return o, row_lse
+
+
+def _merge(
+    o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the union of two disjoint key sets from each one's (out, lse)."""
+    top = torch.maximum(lse1, lse2)
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    w1, w2 = torch.exp(lse1 - top), torch.exp(lse2 - top)
+    total = w1 + w2
+    out = (o1 * w1[..., None] + o2 * w2[..., None]) / total.clamp(min=torch.finfo(torch.float32).tiny)[
+        ..., None
+    ]
+    return out, top + total.log()
 
 
 def _gather_chunks(widths: list[int], elements_per_slot: int) -> list[tuple[int, int, int]]:
