@@ -71,3 +71,11 @@ def test_no_generated_file_is_committed():
     assert not [
         f for f in tracked if f.endswith("modeling_sparse_prefill.py") or f.startswith("hub_kernels/build/")
     ]
+
+
+def test_every_results_folder_says_what_it_holds():
+    results = Path(__file__).resolve().parent.parent / "results"
+    folders = [p for p in results.iterdir() if p.is_dir()]
+    assert folders and [p.name for p in folders if not (p / "README.md").is_file()] == []
+    index = (results / "README.md").read_text()
+    assert [p.name for p in folders if f"[`{p.name}/`]" not in index] == []
