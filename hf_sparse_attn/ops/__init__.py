@@ -8,7 +8,8 @@ On CUDA, ``auto`` runs block-sparse attention on FlashAttention-4 where it is in
 (debugging), ``cpu`` the vectorized ops, ``triton`` the kernels, which then also run off CUDA (under
 ``TRITON_INTERPRET=1``: how the CPU tests check them), ``fa4`` FlashAttention-4 for the attention
 (an error where it cannot run) and Triton for the rest. Calls that autograd records take the
-reference off CUDA and raise on CUDA (the kernels have no backward).
+reference off CUDA; on CUDA the Triton block-sparse attention has a backward (``triton_bwd.py``),
+FA4 is used for inference only, and the scoring ops run their differentiable reference.
 """
 
 from __future__ import annotations
@@ -78,15 +79,16 @@ def block_sparse_attention(
         return _bsa_naive.block_sparse_attention(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
-    if needs_grad(q, k, v):
-        raise NotImplementedError(
-            "the CUDA block-sparse attention kernels have no backward: fine-tune with dense attention "
-            "(model.set_attn_implementation('sdpa')), or set HF_SPARSE_ATTN_BACKEND=reference for the slow, "
-            "differentiable PyTorch path"
-        )
     choice = os.environ.get("HF_SPARSE_ATTN_BACKEND", "auto")
+    if needs_grad(q, k, v) and choice == "fa4":
+        raise NotImplementedError(
+            "HF_SPARSE_ATTN_BACKEND=fa4 has no validated backward (FlashAttention-4's block-sparse backward "
+            "returned wrong gradients on sm90 before: flash-attention issue 2623); train with "
+            "HF_SPARSE_ATTN_BACKEND=auto or triton, whose backward is tested against the reference"
+        )
     auto_fa4 = (
         choice == "auto"
+        and not needs_grad(q, k, v)
         and not torch.compiler.is_compiling()  # FA4 is no torch.library op: compiled graphs run Triton
         and block_size in _bsa_fa4.AUTO_BLOCK_SIZES
         and _bsa_fa4.fa4_unsupported_reason(q, block_size) is None

@@ -9,7 +9,7 @@ LOG2E = 1.4426950408889634  # the Triton kernels exponentiate with exp2: they ta
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:
-    """Whether autograd will record a call on ``tensors`` (the Triton kernels have no backward)."""
+    """Whether autograd will record a call on ``tensors`` (then the inference-only paths step aside)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 

@@ -27,6 +27,9 @@ _SM90_KEY_TILE = {(64, 128): 64, (128, 128): 128, (64, 256): 64, (128, 256): 64}
 # ran 507 vs 410 TFLOP/s (D 128) and 564 vs 365 (D 256); at block 64 Triton was faster (459 vs 402,
 # 511 vs 468), so block 64 stays on Triton unless HF_SPARSE_ATTN_BACKEND=fa4.
 AUTO_BLOCK_SIZES = (128,)
+# The diagonal blocks' causal mask: FA4's own ``causal=True`` (default) or a CuTe ``mask_mod``
+# (kv_idx <= q_idx) on the masked blocks only; both are exact.
+CAUSAL_BY_MASK_MOD = False
 _UNUSED = 2**31 - 1
 
 
@@ -63,6 +66,17 @@ def fa4_unsupported_reason(q: torch.Tensor, block_size: int) -> str | None:
             f"and head dim {q.shape[-1]}"
         )
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _causal_mask_mod():
+    import cutlass.cute as cute
+
+    @cute.jit
+    def causal(batch, head, q_idx, kv_idx, seqlen_info, aux_tensors):
+        return kv_idx <= q_idx
+
+    return causal
 
 
 def fa4_block_lists(
@@ -102,8 +116,10 @@ def block_sparse_attention_fa4(
     block_size: int,
     scale: float,
     seq_lens: torch.Tensor | None = None,
+    mask_mod: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``naive.block_sparse_attention`` (q [B, Hq, S, D], k/v [B, Hkv, S, D])."""
+    """Same contract as ``naive.block_sparse_attention`` (q [B, Hq, S, D], k/v [B, Hkv, S, D]);
+    ``mask_mod`` picks how the diagonal is masked (None: ``CAUSAL_BY_MASK_MOD``)."""
     from flash_attn.cute import flash_attn_func
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
@@ -114,6 +130,7 @@ def block_sparse_attention_fa4(
     if why is not None:
         raise ValueError(f"the FA4 backend cannot run this call: {why}")
     key_block = fa4_key_block(block_size, D)
+    by_mask_mod = CAUSAL_BY_MASK_MOD if mask_mod is None else mask_mod
     mask_cnt, mask_idx, full_cnt, full_idx = fa4_block_lists(
         kv_num_blocks, kv_indices, Hq, block_size // key_block
     )
@@ -129,7 +146,8 @@ def block_sparse_attention_fa4(
         k.transpose(1, 2),
         v.transpose(1, 2),
         softmax_scale=scale,
-        causal=True,
+        causal=not by_mask_mod,
+        mask_mod=_causal_mask_mod() if by_mask_mod else None,
         block_sparse_tensors=sparse,
         return_lse=True,
     )[:2]

@@ -323,3 +323,22 @@ def block_sparse_attn_fwd(
 def _(q, k, v, kv_num_blocks, kv_indices, seq_lens, block_size, scale):
     B, Hq, S, D = q.shape
     return _token_major(B, Hq, S, D, q), q.new_empty(B, Hq, S, dtype=torch.float32)
+
+
+def _save_for_backward(ctx, inputs, output) -> None:
+    q, k, v, kv_num_blocks, kv_indices, seq_lens, block_size, scale = inputs
+    ctx.save_for_backward(q, k, v, kv_num_blocks, kv_indices, seq_lens, *output)
+    ctx.block_size, ctx.scale = block_size, scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    from .triton_bwd import block_sparse_attention_backward_triton
+
+    q, k, v, kv_num_blocks, kv_indices, seq_lens, out, lse = ctx.saved_tensors
+    dq, dk, dv = block_sparse_attention_backward_triton(
+        grad_out, q, k, v, out, lse, kv_num_blocks, kv_indices, seq_lens, ctx.block_size, ctx.scale, grad_lse
+    )
+    return dq, dk, dv, None, None, None, None, None
+
+
+block_sparse_attn_fwd.register_autograd(_backward, setup_context=_save_for_backward)
