@@ -112,7 +112,37 @@ def quality_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+PROXY_GRID = [
+    ("4096 tokens, 100 prompts", "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"),
+    ("4096, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_token_oracle/eval.json"),
+    ("4096 with a dense last block, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_tail/eval.json"),
+    ("8192, 20 prompts", "results/proxy_v6_g2/eval_gpu_8k/eval.json"),
+    ("16384, 10 prompts", "results/proxy_v6_g2/eval_gpu_16k/eval.json"),
+]
+
+
+def proxy_grid_table() -> str:
+    """Every method of the bundled proxy's evaluations, one column per run: macro ± 95% (kept)."""
+    from .eval.runner import macro
+
+    columns = [(title, macro(_load(path)["rows"])) for title, path in PROXY_GRID]
+    labels = list(dict.fromkeys(label for _, summary in columns for label, _ in summary))
+    lines = ["| method | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label in labels:
+        cells = []
+        for _, summary in columns:
+            hit = [v for (lab, _), v in summary.items() if lab == label]
+            cells.append(
+                f"{100 * hit[0]['accuracy']:.1f} ± {100 * hit[0]['ci95']:.1f} ({hit[0]['density'] or 1.0:.3f})"
+                if hit
+                else ""
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "proxy-grid": proxy_grid_table,
     "kernels-128k": kernels_table,
     "ttft-128k": ttft_table,
     "quality-4k": quality_table,

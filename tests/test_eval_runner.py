@@ -324,3 +324,11 @@ def test_macro_reports_intervals_and_the_paired_difference_to_dense(tmp_path):
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert {s["label"] for s in saved["summary"]} == {"dense", "indexer"}
     assert "-12.5 ± " in (tmp_path / "eval.md").read_text()
+
+
+def test_sparse_decode_method_turns_it_on_for_its_rows_only():
+    from hf_sparse_attn_lab.eval.methods import build_methods
+
+    methods = build_methods(["indexer", "indexer_sparse_decode"], [0.1], [])
+    assert [m.label for m in methods] == ["indexer density=0.1", "indexer_sparse_decode density=0.1"]
+    assert "sparse_decode" not in methods[0].changes and methods[1].changes["sparse_decode"] is True

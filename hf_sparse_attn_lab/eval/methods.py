@@ -28,6 +28,8 @@ METHODS = {
     "token_oracle": "per query, the keys holding the most dense attention mass (token granularity)",
     "block_oracle": "the blocks holding the most dense attention mass (selector='oracle')",
     "indexer": "the distilled indexer, a fixed share of each query block's causal blocks (top-k)",
+    "indexer_sparse_decode": "the distilled indexer (density) on the prefill and on every decode step "
+    "(sparse_decode=True: the answer's tokens attend to indexer-picked cache blocks too)",
     "indexer_topp": "the distilled indexer, smallest block set reaching mass p per query block (top_p)",
     "indexer_dual_topp": "the distilled indexer, per-query top_p and per-layer layer_top_p (SpotAttention)",
     "retrieval_heads": "the distilled indexer (density) with the calibrated retrieval kv heads kept dense",
@@ -144,6 +146,11 @@ def build_methods(
                         {"selector": "indexer", "density": d, "retrieval_heads": retrieval_heads, **extra},
                         d,
                     )
+                    for d in densities
+                ]
+            elif name == "indexer_sparse_decode":
+                out += [
+                    Method(name, {"selector": "indexer", "density": d, "sparse_decode": True, **extra}, d)
                     for d in densities
                 ]
             elif name == "patterns_horizontal":
