@@ -160,6 +160,11 @@ def render(text: str) -> str:
 
 
 def doc_paths() -> list[Path]:
+    if not (ROOT / "results").is_dir() or not (ROOT / "docs").is_dir():
+        raise FileNotFoundError(
+            f"{ROOT} has no results/ and docs/: docs-tables works on a source checkout installed with "
+            "`pip install -e .`"
+        )
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 

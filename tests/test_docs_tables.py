@@ -22,3 +22,11 @@ def test_macro_interval_shrinks_with_prompts():
     rows = [{"accuracy": 0.8, "samples": n} for n in (10,)] * 4
     many = [{"accuracy": 0.8, "samples": 100}] * 4
     assert docs_tables.macro_with_ci(rows)[1] > docs_tables.macro_with_ci(many)[1] > 0
+
+
+def test_outside_a_checkout_the_error_says_so(monkeypatch, tmp_path):
+    import pytest
+
+    monkeypatch.setattr(docs_tables, "ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match="source checkout"):
+        docs_tables.stale_docs()
