@@ -87,4 +87,4 @@ def _kernels_at_full_density(monkeypatch):
     kernels, not the dense shortcut a full budget takes in use (tested on its own in test_model.py)."""
     from hf_sparse_attn.runtime import attention
 
-    monkeypatch.setattr(attention, "DENSE_WHEN_ALL_KEPT", False)
+    monkeypatch.setattr(attention, "DENSE_WHEN_FASTER", False)

@@ -332,3 +332,14 @@ def test_sparse_decode_method_turns_it_on_for_its_rows_only():
     methods = build_methods(["indexer", "indexer_sparse_decode"], [0.1], [])
     assert [m.label for m in methods] == ["indexer density=0.1", "indexer_sparse_decode density=0.1"]
     assert "sparse_decode" not in methods[0].changes and methods[1].changes["sparse_decode"] is True
+
+
+def test_eval_runs_the_sparse_path_even_where_dense_would_be_faster(monkeypatch, tiny, tok):
+    """eval measures the selection: a budget above ops.dense_faster_above still runs sparse there, and
+    the user's setting is restored afterwards."""
+    from hf_sparse_attn.runtime import attention
+
+    monkeypatch.setattr(attention, "DENSE_WHEN_FASTER", True)
+    rows = evaluate(tiny, tok, build_methods(["indexer"], [0.9], []), [256], ["niah_single_1"], 1, 1, False)
+    assert rows[0]["density"] is not None and rows[0]["density"] > 0.9
+    assert attention.DENSE_WHEN_FASTER is True

@@ -21,7 +21,7 @@ import torch
 from .block_sparse_attn import cpu as _bsa_cpu
 from .block_sparse_attn import fa4 as _bsa_fa4
 from .block_sparse_attn import naive as _bsa_naive
-from .common import needs_grad, sequence_lengths
+from .common import DENSE_FASTER_ABOVE, needs_grad, sequence_lengths
 from .decode_mass import naive as _decode_mass_naive
 from .kcache_quant import naive as _quant_naive
 from .pooled_mass import cpu as _mass_cpu
@@ -59,6 +59,36 @@ def backend_for(t: torch.Tensor) -> str:
     return choice
 
 
+def attention_backend(q: torch.Tensor, block_size: int, grad: bool = False) -> str:
+    """Which implementation ``block_sparse_attention`` runs for this call: "cpu", "reference", "fa4"
+    or "triton" (the one place that decides it)."""
+    backend = backend_for(q)
+    if backend == "cpu":
+        return "cpu" if not grad and _bsa_cpu.fused_cpu_attention_available() else "reference"
+    if backend != "triton":
+        return backend
+    choice = os.environ.get("HF_SPARSE_ATTN_BACKEND", "auto")
+    if grad and choice == "fa4":
+        raise NotImplementedError(
+            "HF_SPARSE_ATTN_BACKEND=fa4 has no validated backward (FlashAttention-4's block-sparse backward "
+            "returned wrong gradients on sm90 before: flash-attention issue 2623); train with "
+            "HF_SPARSE_ATTN_BACKEND=auto or triton, whose backward is tested against the reference"
+        )
+    auto_fa4 = (
+        choice == "auto"
+        and not grad
+        and not torch.compiler.is_compiling()  # FA4 is no torch.library op: compiled graphs run Triton
+        and block_size in _bsa_fa4.AUTO_BLOCK_SIZES
+        and _bsa_fa4.fa4_unsupported_reason(q, block_size) is None
+    )
+    return "fa4" if choice == "fa4" or auto_fa4 else "triton"
+
+
+def dense_faster_above(q: torch.Tensor, block_size: int) -> float:
+    """The kept share of the causal blocks above which dense attention beats this call's sparse path."""
+    return DENSE_FASTER_ABOVE[attention_backend(q, block_size)]
+
+
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -70,30 +100,16 @@ def block_sparse_attention(
     seq_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse causal GQA attention; contract in ``block_sparse_attn/naive.py``."""
-    backend = backend_for(q)
-    if backend == "cpu" and not needs_grad(q, k, v) and _bsa_cpu.fused_cpu_attention_available():
+    backend = attention_backend(q, block_size, needs_grad(q, k, v))
+    if backend == "cpu":
         return _bsa_cpu.block_sparse_attention_cpu(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
-    if backend != "triton":
+    if backend == "reference":
         return _bsa_naive.block_sparse_attention(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
-    choice = os.environ.get("HF_SPARSE_ATTN_BACKEND", "auto")
-    if needs_grad(q, k, v) and choice == "fa4":
-        raise NotImplementedError(
-            "HF_SPARSE_ATTN_BACKEND=fa4 has no validated backward (FlashAttention-4's block-sparse backward "
-            "returned wrong gradients on sm90 before: flash-attention issue 2623); train with "
-            "HF_SPARSE_ATTN_BACKEND=auto or triton, whose backward is tested against the reference"
-        )
-    auto_fa4 = (
-        choice == "auto"
-        and not needs_grad(q, k, v)
-        and not torch.compiler.is_compiling()  # FA4 is no torch.library op: compiled graphs run Triton
-        and block_size in _bsa_fa4.AUTO_BLOCK_SIZES
-        and _bsa_fa4.fa4_unsupported_reason(q, block_size) is None
-    )
-    if choice == "fa4" or auto_fa4:
+    if backend == "fa4":
         return _bsa_fa4.block_sparse_attention_fa4(
             q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens
         )
@@ -228,7 +244,9 @@ def dequantize_kcache(
 
 __all__ = [
     "BACKENDS",
+    "attention_backend",
     "backend_for",
+    "dense_faster_above",
     "block_sparse_attention",
     "decode_block_mass",
     "dequantize_kcache",

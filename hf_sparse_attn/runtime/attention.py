@@ -11,7 +11,9 @@ Which path a call takes (decided from shapes and the mask, since no cache positi
   (static caches, left-padded batches, and the decode masks transformers 5.17 materializes under
   ``torch.compile``): indexer K-cache scores -> ``select_decode_blocks`` -> decode kernel (see
   ``decode``). Prefills then also fill the layer's indexer K-cache.
-- dense, identical to ``sdpa``: a budget that keeps every causal block (the same result, faster),
+- dense, identical to ``sdpa``: a ``density`` / ``top_k`` budget that keeps at least the share of the
+  causal blocks above which dense is faster on this backend (``ops.dense_faster_above``: all of them
+  on FA4, 75% on Triton, 50% on the CPU ops; a budget keeping every block gives the same result),
   decode steps (without ``sparse_decode``, or short ones, or with any
   other mask), chunked prefill, static-cache prefill, prompts shorter
   than ``min_sparse_len``, layers in ``dense_layers`` / sliding-window layers (indexer is None), and
@@ -43,7 +45,7 @@ from .padding import PaddingLayout
 from .patterns import pattern_block_scores
 from .selection import (
     BlockList,
-    budget_keeps_every_block,
+    budget_kept_fraction,
     forced_blocks_fill_budget,
     select_blocks,
     with_dense_groups,
@@ -51,9 +53,10 @@ from .selection import (
 )
 
 ATTENTION_NAME = "sparse_prefill"
-# A budget that keeps every causal block (density 1, top_k >= the blocks) runs sdpa (same result, faster); benchmarks that gate the
-# sparse kernels at density 1 switch this off.
-DENSE_WHEN_ALL_KEPT = True
+# A density / top_k budget that keeps more of the causal blocks than the sparse path can win on (per
+# backend: ops.dense_faster_above; always at 100%, where the result is the same) runs sdpa. Benchmarks
+# that gate the sparse kernels at density 1 switch this off.
+DENSE_WHEN_FASTER = True
 FORCED_BLOCKS_FILL_BUDGET = "forced blocks fill the budget"  # the warning's once-per-process reason
 
 
@@ -188,8 +191,8 @@ def sparse_prefill_attention(
         reason = "prompt shorter than min_sparse_len"
     elif attention_mask is not None and not _is_compact(attention_mask, q_len):
         reason = "non-causal or cache-sized mask"
-    elif DENSE_WHEN_ALL_KEPT and budget_keeps_every_block(indexer.config, q_len):
-        reason = "the budget keeps every causal block"
+    elif DENSE_WHEN_FASTER and _dense_is_faster(indexer.config, query, q_len):
+        reason = "the budget keeps more blocks than the sparse path is faster for (ops.dense_faster_above)"
     if reason is not None:
         _debug_once(reason)
         if sparse_decode and q_len == kv_len:
@@ -210,6 +213,11 @@ def sparse_prefill_attention(
         q, k, v, blocks.kv_num_blocks, blocks.kv_indices, blocks.block_size, scaling, layout.seq_lens
     )
     return layout.to_original(out).transpose(1, 2).contiguous(), None
+
+
+def _dense_is_faster(config, query: torch.Tensor, q_len: int) -> bool:
+    kept = budget_kept_fraction(config, q_len)
+    return kept is not None and kept >= min(1.0, ops.dense_faster_above(query, config.block_size))
 
 
 def _decode_key_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:

@@ -24,7 +24,7 @@ from transformers.utils import cached_file
 from .. import ops
 from ..ops.block_sparse_attn.cpu import block_sparse_attention_cpu, fused_cpu_attention_available
 from ..ops.block_sparse_attn.naive import block_sparse_attention
-from ..ops.common import needs_grad
+from ..ops.common import DENSE_FASTER_ABOVE, needs_grad
 from ..ops.decode_mass.naive import decode_block_mass
 from ..ops.kcache_quant.naive import dequantize, quantize
 from ..ops.pooled_mass.cpu import pooled_attention_mass_cpu
@@ -135,6 +135,14 @@ class HubKernelOps:
         else:
             fn = block_sparse_attention_cpu if fused_cpu_attention_available() else block_sparse_attention
         return fn(q, k, v, kv_num_blocks, kv_indices, block_size, scale, seq_lens)
+
+    def dense_faster_above(self, q, block_size):
+        if not q.is_cuda:
+            return DENSE_FASTER_ABOVE["cpu" if fused_cpu_attention_available() else "reference"]
+        rule = getattr(
+            self.module(q), "dense_faster_above", None
+        )  # kernel repos before it: dense at 100% only
+        return rule(q, block_size) if rule is not None else DENSE_FASTER_ABOVE["reference"]
 
     def pooled_attention_mass(self, q, k, block_size, scale, groups, seq_lens=None):
         if needs_grad(q, k):

@@ -147,15 +147,25 @@ def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
     return value if name == "top_k" else math.ceil(n_cand * value - 1e-6)
 
 
-def budget_keeps_every_block(config: SparseAttentionConfig, seq_len: int) -> bool:
-    """Whether a ``density`` / ``top_k`` budget keeps every causal block of every query block at this
-    length (from the config only: no device sync; top-p budgets depend on the scores)."""
+def budget_kept_fraction(config: SparseAttentionConfig, seq_len: int) -> float | None:
+    """Share of the causal blocks a ``density`` / ``top_k`` budget keeps in one unpadded prompt of
+    ``seq_len`` tokens, by ``select_blocks``'s counting rule, from the config alone (no device sync);
+    None for ``top_p`` (the count depends on the scores)."""
     name, value = config.budget
     if name == "top_p":
-        return False
-    return _budget_blocks(config, num_blocks(seq_len, config.block_size)) >= num_blocks(
-        seq_len, config.block_size
-    )
+        return None
+    nb = num_blocks(seq_len, config.block_size)
+    forced = config.sink_blocks + config.local_blocks
+    width = min(nb, max(forced, _budget_blocks(config, nb)))
+    kept = 0
+    for qb in range(nb):
+        n = qb + 1
+        if qb >= nb - config.dense_tail_blocks:
+            kept += n
+            continue
+        budget = value if name == "top_k" else math.ceil(n * value - 1e-6)
+        kept += min(max(budget, min(n, forced)), width, n)
+    return kept / (nb * (nb + 1) // 2)
 
 
 def forced_blocks_fill_budget(config: SparseAttentionConfig, seq_len: int) -> bool:
