@@ -351,8 +351,22 @@ def _docs_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transformers_tests(args: argparse.Namespace) -> int:
+    from .transformers_tests.runner import run
+
+    return run(args.work, args.pytest_args)
+
+
 def add_commands(sub) -> None:
     """Add the lab's subcommands to the ``hf-sparse-attn`` parser."""
+    tt = sub.add_parser(
+        "transformers-tests",
+        help="transformers' common model tests on Qwen3 with attention through sparse_prefill "
+        "(fetches the installed transformers' sdist from the package index; needs pytest, parameterized)",
+    )
+    tt.add_argument("--work", default=None, help="work folder (default: a new temporary one)")
+    tt.add_argument("pytest_args", nargs="*", help="passed to pytest (e.g. -k training)")
+    tt.set_defaults(func=_transformers_tests)
     tables = sub.add_parser(
         "docs-tables", help="render the README's and docs' tables from results/*.json (run from a checkout)"
     )
