@@ -1,10 +1,12 @@
 """Block-sparse attention for CPUs: the reference's contract, vectorized over chunks of query blocks.
 
-The reference loops over query blocks one at a time (the spec, easy to read, slow); here the kept
-key blocks of many query blocks are gathered at once and run through PyTorch's fused CPU attention
-(the kernel behind ``F.scaled_dot_product_attention``, with an additive mask for causality, padding
-and unused slots), so a sparse prefill on a CPU costs about the kept fraction of a dense one. Inference only (no autograd
-checkpointing); memory is bounded by ``GATHER_CHUNK_ELEMENTS`` scores per chunk, never S x S.
+The reference loops over query blocks one at a time (the spec, easy to read, slow); here PyTorch's
+fused CPU attention (the kernel behind ``F.scaled_dot_product_attention``) runs twice: once over each
+query block's own diagonal block, causal, for all query blocks at once; once over the listed blocks
+left of it, gathered whole for many query blocks at a time, with one additive 0 / -inf per slot (an
+unused slot or a block at or past the diagonal) and no token-level mask. The two are merged by their
+log-sum-exp. A sparse prefill on a CPU then costs about the kept fraction of a dense one. Inference
+only; memory is bounded by ``GATHER_CHUNK_ELEMENTS`` scores per chunk, never S x S.
 """
 
 from __future__ import annotations
