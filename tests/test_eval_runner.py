@@ -19,8 +19,9 @@ from hf_sparse_attn import (
     update_sparse_config,
 )
 from hf_sparse_attn.runtime.oracle import token_oracle_attention
+from hf_sparse_attn.runtime.selection import budget_kept_fraction
 from hf_sparse_attn.vocab import build_tokenizer
-from hf_sparse_attn_lab.eval.methods import Method, build_methods, kept_density_of, streaming_changes
+from hf_sparse_attn_lab.eval.methods import Method, build_methods, streaming_changes
 from hf_sparse_attn_lab.eval.runner import evaluate, macro, write_report
 
 
@@ -72,10 +73,12 @@ def test_streaming_window_keeps_what_top_k_keeps(seq_len, block_size, tail, expe
     config = SparseAttentionConfig(block_size=block_size, dense_tail_blocks=tail, density=0.1)
     changes = streaming_changes(Method("streaming", {"density": 0.1}, 0.1), seq_len, config)
     assert changes == {"top_k": expected_top_k, "local_blocks": expected_top_k - 1, "selector": "indexer"}
-    target = kept_density_of(config, seq_len)
+    target = budget_kept_fraction(config, seq_len)
 
     def kept(window: int) -> float:
-        return kept_density_of(replace(config, density=None, top_k=1 + window, local_blocks=window), seq_len)
+        return budget_kept_fraction(
+            replace(config, density=None, top_k=1 + window, local_blocks=window), seq_len
+        )
 
     window = changes["local_blocks"]  # no other window comes closer to top-k's kept density
     gap = abs(kept(window) - target)
@@ -203,15 +206,15 @@ def test_report_has_a_per_layer_density_table(tiny, tok, tmp_path):
 def test_density_for_kept_inverts_the_kept_density_of_a_budget():
     from dataclasses import replace
 
-    from hf_sparse_attn_lab.eval.methods import density_for_kept, kept_density_of
+    from hf_sparse_attn_lab.eval.methods import density_for_kept
 
     cfg = SparseAttentionConfig(block_size=64, density=0.125, dense_tail_blocks=1, local_blocks=2)
     for density in (0.05, 0.2, 0.37, 0.9):
-        kept = kept_density_of(replace(cfg, density=density), 4096)
+        kept = budget_kept_fraction(replace(cfg, density=density), 4096)
         assert kept > density  # the forced sink / local / tail blocks come on top
         found = density_for_kept(cfg, kept, 4096)
-        assert kept_density_of(replace(cfg, density=found), 4096) == pytest.approx(kept, abs=1e-3)
-    forced_only = kept_density_of(replace(cfg, density=1e-4), 4096)
+        assert budget_kept_fraction(replace(cfg, density=found), 4096) == pytest.approx(kept, abs=1e-3)
+    forced_only = budget_kept_fraction(replace(cfg, density=1e-4), 4096)
     assert density_for_kept(cfg, forced_only / 2, 4096) == 1e-4  # below the forced share: the smallest target
 
 
@@ -246,7 +249,6 @@ def test_eval_cli_set_changes_the_config_of_every_method(tmp_path):
 
     from hf_sparse_attn.tasks import generate
     from hf_sparse_attn_cli import main
-    from hf_sparse_attn_lab.eval.methods import kept_density_of
     from hf_sparse_attn_lab.eval.runner import EVAL_SEED
     from hf_sparse_attn_lab.proxy import PROXY_DIR
 
@@ -265,7 +267,7 @@ def test_eval_cli_set_changes_the_config_of_every_method(tmp_path):
     prompt = tok.bos_token + generate("niah_single_1", tok, 512, seed=EVAL_SEED).prompt
     n = len(tok(prompt, add_special_tokens=False)["input_ids"])  # what the prefill saw
     for report, cfg in ((shipped, base), (changed, replace(base, dense_tail_blocks=0, local_blocks=1))):
-        expected = kept_density_of(replace(cfg, density=0.1, top_k=None, top_p=None), n)
+        expected = budget_kept_fraction(replace(cfg, density=0.1, top_k=None, top_p=None), n)
         assert report["rows"][0]["density"] == pytest.approx(expected)
     assert changed["rows"][0]["density"] < shipped["rows"][0]["density"]
 

@@ -62,8 +62,7 @@ def test_sparse_density_changes_output_and_reports_density():
 def test_forced_blocks_fill_budget_iff_the_selector_adds_no_block(block_size, tail):
     from dataclasses import replace
 
-    from hf_sparse_attn.runtime.selection import forced_blocks_fill_budget
-    from hf_sparse_attn_lab.eval.methods import kept_density_of
+    from hf_sparse_attn.runtime.selection import budget_kept_fraction, forced_blocks_fill_budget
 
     verdicts = set()
     for seq_len in (1024, 2048, 4096, 8192):
@@ -71,7 +70,9 @@ def test_forced_blocks_fill_budget_iff_the_selector_adds_no_block(block_size, ta
             for b in budget:
                 cfg = SparseAttentionConfig(block_size=block_size, dense_tail_blocks=tail, **b)
                 forced_only = replace(cfg, density=None, top_k=1)  # keeps exactly the forced blocks
-                adds_nothing = kept_density_of(cfg, seq_len) == kept_density_of(forced_only, seq_len)
+                adds_nothing = budget_kept_fraction(cfg, seq_len) == budget_kept_fraction(
+                    forced_only, seq_len
+                )
                 assert forced_blocks_fill_budget(cfg, seq_len) == adds_nothing, (seq_len, b)
                 verdicts.add(adds_nothing)
     assert verdicts == {True, False}

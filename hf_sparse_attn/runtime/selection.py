@@ -138,7 +138,12 @@ def _width_bound(config: SparseAttentionConfig, nk: int) -> int:
     width is then known without reading the counts back from the device (no host sync)."""
     if config.budget[0] == "top_p" or config.dense_tail_blocks:
         return nk
-    return max(1, min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk))))
+    return max(1, _budget_width(config, nk))
+
+
+def _budget_width(config: SparseAttentionConfig, nk: int) -> int:
+    """Blocks a ``top_k`` / ``density`` row of ``nk`` candidates can keep at most, forced ones included."""
+    return min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk)))
 
 
 def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
@@ -151,20 +156,18 @@ def budget_kept_fraction(config: SparseAttentionConfig, seq_len: int) -> float |
     """Share of the causal blocks a ``density`` / ``top_k`` budget keeps in one unpadded prompt of
     ``seq_len`` tokens, by ``select_blocks``'s counting rule, from the config alone (no device sync);
     None for ``top_p`` (the count depends on the scores)."""
-    name, value = config.budget
-    if name == "top_p":
+    if config.budget[0] == "top_p":
         return None
     nb = num_blocks(seq_len, config.block_size)
     forced = config.sink_blocks + config.local_blocks
-    width = min(nb, max(forced, _budget_blocks(config, nb)))
+    width = _budget_width(config, nb)
     kept = 0
     for qb in range(nb):
         n = qb + 1
         if qb >= nb - config.dense_tail_blocks:
             kept += n
             continue
-        budget = value if name == "top_k" else math.ceil(n * value - 1e-6)
-        kept += min(max(budget, min(n, forced)), width, n)
+        kept += min(max(_budget_blocks(config, n), min(n, forced)), width, n)
     return kept / (nb * (nb + 1) // 2)
 
 
@@ -222,7 +225,7 @@ def select_decode_blocks(
             count = torch.minimum(count, n_forced + _layer_top_p_cells(mass, config.layer_top_p))
         count = count[..., 0]
         return count.to(torch.int32), order.to(torch.int32).contiguous()
-    width = min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk)))
+    width = _budget_width(config, nk)
     chosen = torch.topk(prio, width, dim=-1, sorted=True).indices
     if name == "top_k":
         budget = torch.full_like(n_valid, value)

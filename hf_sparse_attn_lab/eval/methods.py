@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -19,7 +18,7 @@ from hf_sparse_attn.runtime.attention import ATTENTION_NAME, _is_compact, dense_
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
 from hf_sparse_attn.runtime.oracle import token_oracle_attention
 from hf_sparse_attn.runtime.padding import PaddingLayout
-from hf_sparse_attn.runtime.selection import select_blocks
+from hf_sparse_attn.runtime.selection import budget_kept_fraction
 
 TOKEN_ORACLE_ATTENTION = "sparse_prefill_token_oracle"
 
@@ -61,21 +60,13 @@ class Method:
         return label if self.matched_to is None else f"{label} (kept of {self.matched_to})"
 
 
-def kept_density_of(config: SparseAttentionConfig, seq_len: int) -> float:
-    """Kept share of the causal blocks of one ``seq_len`` prompt under a ``density`` / ``top_k`` budget
-    (forced sink / local / tail blocks included); it does not depend on the scores."""
-    nb = num_blocks(seq_len, config.block_size)
-    blocks = select_blocks(torch.zeros(1, 1, nb, nb), config, torch.tensor([seq_len]))
-    return float(blocks.density())
-
-
 def density_for_kept(config: SparseAttentionConfig, kept: float, seq_len: int) -> float:
     """The ``density`` target whose kept density at ``seq_len`` reaches ``kept`` (bisection; the
     forced blocks make kept > density). Below the forced blocks' share: the smallest target."""
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        at_mid = kept_density_of(
+        at_mid = budget_kept_fraction(
             replace(config, density=mid, top_k=None, top_p=None, layer_top_p=None), seq_len
         )
         lo, hi = (mid, hi) if at_mid < kept else (lo, mid)
@@ -183,13 +174,13 @@ def streaming_changes(method: Method, seq_len: int, config: SparseAttentionConfi
     top-k (about twice at 128K), so the rows were not at equal cost.
     """
     budget = {"density": None, "top_k": None, "top_p": None, "layer_top_p": None}
-    target = kept_density_of(replace(config, **(budget | {"density": method.target_density})), seq_len)
+    target = budget_kept_fraction(replace(config, **(budget | {"density": method.target_density})), seq_len)
 
     def changes(window: int) -> dict:
         return {"top_k": config.sink_blocks + window, "local_blocks": window, "selector": "indexer"}
 
     def kept(window: int) -> float:
-        return kept_density_of(replace(config, **(budget | changes(window))), seq_len)
+        return budget_kept_fraction(replace(config, **(budget | changes(window))), seq_len)
 
     lo, hi = 1, num_blocks(seq_len, config.block_size)
     while lo < hi:  # smallest window keeping at least the target
