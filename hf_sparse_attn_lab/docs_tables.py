@@ -85,30 +85,20 @@ def ttft_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def macro_with_ci(rows: list[dict]) -> tuple[float, float, int]:
-    """(macro accuracy %, 95% half-width %, prompts per task) of one method's per-task rows."""
-    from .eval.runner import macro_interval
-
-    macro = sum(r["accuracy"] for r in rows) / len(rows)
-    half = macro_interval([(r["accuracy"], r["samples"]) for r in rows])
-    return 100 * macro, 100 * half, min(r["samples"] for r in rows)
-
-
 def quality_table() -> str:
     """Macro accuracy of each selection method on the bundled proxy at 4096 tokens, with 95% CIs."""
-    data = _load(QUALITY)
-    by_label: dict[str, list[dict]] = {}
-    for r in data["rows"]:
-        if r["length"] == 4096:
-            by_label.setdefault(r["label"], []).append(r)
+    from .eval.runner import macro
+
+    rows = [r for r in _load(QUALITY)["rows"] if r["length"] == 4096]
     lines = [
         "| method | macro accuracy, 95% CI | kept blocks | prompts per task |",
         "|---|---|---|---|",
     ]
-    for label, rows in sorted(by_label.items(), key=lambda kv: -macro_with_ci(kv[1])[0]):
-        macro, half, n = macro_with_ci(rows)
-        kept = sum(r["density"] or 1.0 for r in rows) / len(rows)
-        lines.append(f"| {label} | {macro:.1f} ± {half:.1f} | {kept:.3f} | {n} |")
+    for (label, _), s in sorted(macro(rows).items(), key=lambda kv: -kv[1]["accuracy"]):
+        prompts = min(r["samples"] for r in rows if r["label"] == label)
+        lines.append(
+            f"| {label} | {100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f} | {s['density'] or 1.0:.3f} | {prompts} |"
+        )
     return "\n".join(lines) + "\n"
 
 

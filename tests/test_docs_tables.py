@@ -19,9 +19,9 @@ def test_every_generated_table_is_used_and_a_hand_edit_is_caught():
 
 
 def test_macro_interval_shrinks_with_prompts():
-    rows = [{"accuracy": 0.8, "samples": n} for n in (10,)] * 4
-    many = [{"accuracy": 0.8, "samples": 100}] * 4
-    assert docs_tables.macro_with_ci(rows)[1] > docs_tables.macro_with_ci(many)[1] > 0
+    from hf_sparse_attn_lab.eval.runner import macro_interval
+
+    assert macro_interval([(0.8, 10)] * 4) > macro_interval([(0.8, 100)] * 4) > 0
 
 
 def test_outside_a_checkout_the_error_says_so(monkeypatch, tmp_path):

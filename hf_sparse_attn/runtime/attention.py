@@ -25,6 +25,8 @@ The mask function returns ``None`` (causal, no padding) or, for padded prefills,
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed.nn
 from transformers import AttentionInterface
@@ -54,8 +56,8 @@ from .selection import (
 
 ATTENTION_NAME = "sparse_prefill"
 # A density / top_k budget that keeps more of the causal blocks than the sparse path can win on (per
-# backend: ops.dense_faster_above; always at 100%, where the result is the same) runs sdpa. Benchmarks
-# that gate the sparse kernels at density 1 switch this off.
+# backend: ops.dense_faster_above; always at 100%, where the result is the same) runs sdpa; switched
+# off inside ``sparse_at_every_budget``.
 DENSE_WHEN_FASTER = True
 FORCED_BLOCKS_FILL_BUDGET = "forced blocks fill the budget"  # the warning's once-per-process reason
 
@@ -217,7 +219,19 @@ def sparse_prefill_attention(
 
 def _dense_is_faster(config, query: torch.Tensor, q_len: int) -> bool:
     kept = budget_kept_fraction(config, q_len)
-    return kept is not None and kept >= min(1.0, ops.dense_faster_above(query, config.block_size))
+    return kept is not None and kept >= ops.dense_faster_above(query, config.block_size)
+
+
+@contextlib.contextmanager
+def sparse_at_every_budget():
+    """Run the sparse path also where a budget keeps enough blocks for dense to be faster: for runs that
+    measure the selection or the kernels themselves (eval rows, benchmark gates)."""
+    global DENSE_WHEN_FASTER
+    saved, DENSE_WHEN_FASTER = DENSE_WHEN_FASTER, False
+    try:
+        yield
+    finally:
+        DENSE_WHEN_FASTER = saved
 
 
 def _decode_key_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:

@@ -173,7 +173,7 @@ def _one_length(rows, progress, shape, S, densities, block, dtype, flex) -> None
             S,
             1.0,
             "fa4-dense",
-            partial(_fa4_dense, q, k, v, scale),
+            partial(fa4_dense, q, k, v, scale),
             ref,
             dense_flops,
             cudnn_ms,
@@ -235,7 +235,8 @@ def _fa4_sparse(q, k, v, blocks: BlockList, scale: float) -> torch.Tensor:
     )[0]
 
 
-def _fa4_dense(q, k, v, scale: float) -> torch.Tensor:
+def fa4_dense(q, k, v, scale: float | None) -> torch.Tensor:
+    """Dense causal FlashAttention-4 of [B, H, S, D] q / k / v, [B, H, S, D] out (a view of [B, S, H, D])."""
     from flash_attn.cute import flash_attn_func
 
     out = flash_attn_func(

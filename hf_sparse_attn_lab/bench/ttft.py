@@ -24,11 +24,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, AutoModelForCausalLM
 
 from hf_sparse_attn.ops.block_sparse_attn import fa4
-from hf_sparse_attn.runtime import attention
-from hf_sparse_attn.runtime.attention import kept_density
+from hf_sparse_attn.runtime.attention import kept_density, sparse_at_every_budget
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
 from hf_sparse_attn.runtime.modeling import attach_indexer, indexers
 
+from .kernels import fa4_dense
 from .shapes import CONFIGS
 
 NOOP = "noop_attention_ceiling"
@@ -41,12 +41,7 @@ def _noop_attention(module, query, key, value, attention_mask, **kwargs):
 
 
 def _fa4_dense_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    from flash_attn.cute import flash_attn_func
-
-    out = flash_attn_func(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), softmax_scale=scaling, causal=True
-    )
-    return (out[0] if isinstance(out, tuple) else out), None
+    return fa4_dense(query, key, value, scaling).transpose(1, 2), None
 
 
 def _time_prefill(model, ids, repeats: int) -> tuple[float, float]:
@@ -101,12 +96,8 @@ def full_density_error(model, ids: torch.Tensor, ref: torch.Tensor) -> float:
     model on ``sparse_prefill`` at density 1."""
     model.set_attn_implementation("sparse_prefill")
     set_budget(model, density=1.0)
-    attention.DENSE_WHEN_FASTER = False  # gate the kernel itself, not the dense shortcut
-    try:
-        with torch.no_grad():
-            full = model(ids, logits_to_keep=1).logits.float()
-    finally:
-        attention.DENSE_WHEN_FASTER = True
+    with torch.no_grad(), sparse_at_every_budget():  # gate the kernel itself, not the dense shortcut
+        full = model(ids, logits_to_keep=1).logits.float()
     return float((full - ref).norm() / ref.norm())
 
 

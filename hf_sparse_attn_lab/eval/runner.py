@@ -21,6 +21,7 @@ from hf_sparse_attn.runtime.attention import (
     FORCED_BLOCKS_FILL_BUDGET,
     clear_selections,
     kept_density_per_layer,
+    sparse_at_every_budget,
 )
 from hf_sparse_attn.runtime.fileio import atomic_write_text
 from hf_sparse_attn.runtime.log import silenced
@@ -66,10 +67,8 @@ def evaluate(
     """One row per (method, length, task): accuracy, measured kept density, seconds.
 
     Every budget runs the sparse path, also where a user's run would switch to dense because dense is
-    faster there (``attention.DENSE_WHEN_FASTER``): the rows measure the selection itself."""
+    faster there (``attention.sparse_at_every_budget``): the rows measure the selection itself."""
     from tqdm.auto import tqdm
-
-    from hf_sparse_attn.runtime import attention
 
     tasks = tasks or list(TASKS)
     unknown = sorted(set(tasks) - set(TASKS))
@@ -79,7 +78,6 @@ def evaluate(
     base = sparse_config_of(model).to_dict()
     rows: list[dict] = []
     bar = tqdm(total=len(methods) * len(lengths) * len(tasks), desc="eval", disable=not progress)
-    dense_when_faster, attention.DENSE_WHEN_FASTER = attention.DENSE_WHEN_FASTER, False
     try:
         for length in lengths:
             prompts = {
@@ -99,13 +97,12 @@ def evaluate(
                 changes["min_sparse_len"] = min(lengths) // 2
                 update_sparse_config(model, **_restore(base, changes))
                 model.set_attn_implementation(attention_name(method))
-                with quiet:
+                with quiet, sparse_at_every_budget():
                     for task in tasks:
                         bar.set_postfix_str(f"{length} {method.label} {task}")
                         rows.append(_run(model, tokenizer, method, length, task, prompts[task], batch_size))
                         bar.update()
     finally:
-        attention.DENSE_WHEN_FASTER = dense_when_faster
         update_sparse_config(model, **_restore(base, {}))
         model.set_attn_implementation("sparse_prefill")
         bar.close()
