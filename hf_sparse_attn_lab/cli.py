@@ -187,6 +187,34 @@ def _bench(args: argparse.Namespace) -> int:
         paths = report.save(
             "ttft", args.out, rows, cols, "Prefill time (TTFT), full-size shapes, random weights"
         )
+    elif args.what == "profile":
+        from .bench.profile import PHASES
+        from .bench.profile import run as run_profile
+
+        rows, kernels = [], []
+        for shape in args.shapes.split(","):
+            for S in _ints(args.seq_lens):
+                for density in (d for d in _floats(args.densities) if d < 1.0):
+                    for backend in args.backends.split(","):
+                        row, top = run_profile(shape, S, {"density": density}, args.block_size, backend)
+                        rows.append(row)
+                        kernels += [
+                            {**{c: row[c] for c in ("model", "seq_len", "backend", "budget")}, **k}
+                            for k in top
+                        ]
+                        print(row, flush=True)
+        cols = ["model", "seq_len", "block", "backend", "budget", "density", "sparse_layers", "prefill_ms"]
+        cols += [f"{p}_ms" for p in PHASES] + ["scoring_selection_share_of_kernel"]
+        paths = report.save("profile", args.out, rows, cols, "Sparse prefill, time per phase (CUDA events)")
+        paths.update(
+            report.save(
+                "profile_kernels",
+                args.out,
+                kernels,
+                ["model", "seq_len", "backend", "budget", "kernel", "calls", "ms", "share"],
+                "Sparse prefill, CUDA kernels by device time (torch.profiler)",
+            )
+        )
     elif args.what == "distill":
         from .bench.distill import run as run_distill
 
@@ -434,9 +462,11 @@ def add_commands(sub) -> None:
     agree.add_argument("--out", default="results/kcache")
     agree.set_defaults(func=_kcache_agreement)
     bench = sub.add_parser(
-        "bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft | decode"
+        "bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft | profile | decode"
     )
-    bench.add_argument("what", choices=["kernels", "selection", "memory", "distill", "ttft", "decode"])
+    bench.add_argument(
+        "what", choices=["kernels", "selection", "memory", "distill", "ttft", "profile", "decode"]
+    )
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")
     bench.add_argument("--seq-lens", default="16k,32k,64k,128k", help="comma list; 'k' = x1024")
     bench.add_argument(
@@ -462,6 +492,9 @@ def add_commands(sub) -> None:
         type=int,
         default=None,
         help="decode: keep the first N layers in the static-cache rows, for caches that do not fit (ratio = lower bound)",
+    )
+    bench.add_argument(
+        "--backends", default="auto", help="profile: block-sparse backends to profile (auto, triton, fa4)"
     )
     bench.add_argument("--no-flex", action="store_true", help="skip FlexAttention baselines")
     bench.add_argument("--out", default="results", help="folder for JSON / markdown / PNG")

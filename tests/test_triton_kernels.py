@@ -46,6 +46,7 @@ CASES = [  # (S, D, Hq, Hkv, groups, block)
     (200, 64, 8, 8, 8, 64),
     pytest.param(1000, 64, 4, 1, 1, 64, marks=pytest.mark.slow),  # the README run: slow; CI's second call
     (300, 32, 4, 2, 1, 128),
+    (260, 128, 4, 2, 1, 128),  # block 128 at D 128: one head per program over whole 128-key tiles
 ]
 
 

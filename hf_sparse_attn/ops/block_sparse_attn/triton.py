@@ -198,13 +198,18 @@ def kv_descriptor(t: torch.Tensor, block_n: int) -> TensorDescriptor:
 
 
 def launch_config(rep: int, group_heads: int, block_size: int, head_dim: int) -> dict:
-    """Tile shape from an H100 sweep (bf16, 32K tokens, 10% density, `bench/kernels.py` shapes).
+    """Tile shape from sweeps at 10% density (bf16, ``bench/kernels.py`` shapes; H100 at 32K tokens, and an
+    H200 at 128K for block 128 with D 128).
 
     Two query heads of one kv group are stacked per program where the group allows it (K/V tiles
     loaded once for both), with 64-key inner tiles: block 64 -> 128 rows, 4 warps for D <= 128
-    (460 TFLOP/s) and 8 for D 256 (464); block 128 -> 256 rows, 8 warps (394). D 256 with 128-row
-    blocks needs a single pipeline stage to fit shared memory.
+    (463 TFLOP/s on the H200) and 8 for D 256 (521); block 128 -> 256 rows, 8 warps. Block 128 with
+    D 128 runs one head per program over whole 128-key tiles instead (H200: 441 TFLOP/s vs 408 for two
+    stacked heads over 64-key tiles). D 256 with 128-row blocks needs a single pipeline stage to fit
+    shared memory.
     """
+    if block_size == 128 and head_dim == 128:
+        return {"heads": 1, "block_n": 128, "num_warps": 8, "num_stages": 2}
     heads = stacked_heads(
         2 if block_size <= 128 and 2 * block_size * head_dim <= 128 * 256 else 1, rep, group_heads
     )
