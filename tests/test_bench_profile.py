@@ -28,7 +28,12 @@ def test_timed_phases_cover_each_sparse_layer_and_restore_the_runtime():
     model = build(qwen3_config(layers=3))
     attach_indexer(model, SparseAttentionConfig(block_size=16, top_k=2, min_sparse_len=32))
     model.set_attn_implementation("sparse_prefill")
-    originals = (Indexer.forward, Indexer.block_scores_from, attention.select_blocks, ops.block_sparse_attention)
+    originals = (
+        Indexer.forward,
+        Indexer.block_scores_from,
+        attention.select_blocks,
+        ops.block_sparse_attention,
+    )
     ids = torch.randint(0, 128, (1, 96))
     with torch.no_grad():
         want = model(ids).logits
@@ -36,5 +41,10 @@ def test_timed_phases_cover_each_sparse_layer_and_restore_the_runtime():
         with timed_phases(timer):
             got = model(ids).logits
     assert timer.counts() == {"projection": 3, "scoring": 3, "selection": 3, "kernel": 3}
-    assert (Indexer.forward, Indexer.block_scores_from, attention.select_blocks, ops.block_sparse_attention) == originals
+    assert (
+        Indexer.forward,
+        Indexer.block_scores_from,
+        attention.select_blocks,
+        ops.block_sparse_attention,
+    ) == originals
     torch.testing.assert_close(got, want, rtol=0, atol=0)
