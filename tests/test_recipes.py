@@ -13,14 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
-    "family, extra",
+    "family, extra, heads",
     [
-        ("qwen3", []),
-        pytest.param("qwen3_5", [], marks=pytest.mark.slow),
-        pytest.param("qwen3", ["--kl-blocks", "candidates", "--indexer-heads", "2"], marks=pytest.mark.slow),
+        ("qwen3", [], 2),  # the default: one selection per group of kv heads, two groups
+        pytest.param("qwen3_5", [], 2, marks=pytest.mark.slow),
+        pytest.param(
+            "qwen3", ["--kl-blocks", "candidates", "--indexer-heads", "1"], 1, marks=pytest.mark.slow
+        ),
     ],
 )
-def test_smoke_recipe(tmp_path, family, extra):
+def test_smoke_recipe(tmp_path, family, extra, heads):
     out = tmp_path / family
     proc = subprocess.run(
         [
@@ -40,8 +42,7 @@ def test_smoke_recipe(tmp_path, family, extra):
     assert summary["steps"] == 24 and summary["last_loss"] < summary["first_loss"]
     assert summary["reload"].endswith("identical")
     assert (out / "indexer.safetensors").stat().st_size < 100_000
-    heads = json.loads((out / "sparse_config.json").read_text())["indexer_heads"]
-    assert heads == (2 if extra else 1)
+    assert json.loads((out / "sparse_config.json").read_text())["indexer_heads"] == heads
 
 
 def test_cli_distill_forwards_to_recipe(tmp_path):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM
 
-from hf_sparse_attn import ops
+import hf_sparse_attn.ops as ops
 from hf_sparse_attn.runtime import attention
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
 from hf_sparse_attn.runtime.indexer import Indexer
