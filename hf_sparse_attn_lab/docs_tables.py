@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPEED = "results/speed_h200"
 QUALITY = "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"
+QUALITY_LENGTHS = [f"results/eval_gpu_110/{n}/eval.json" for n in (4096, 8192, 16384)]
 _SPAN = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
 SHAPE_NAMES = {
     "qwen3-8b": "Qwen3-8B (32 q / 8 kv heads, D 128)",
@@ -102,6 +103,34 @@ def quality_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def quality_lengths_table() -> str:
+    """Each method at 1x, 2x and 4x the indexer's training length on the same 110 prompts per length:
+    macro ± 95% CI, and the paired difference to dense ± its 95% half-width."""
+    from .eval.runner import macro
+
+    runs = [macro(_load(path)["rows"]) for path in QUALITY_LENGTHS]
+    lengths = [next(iter(run))[1] for run in runs]
+    labels = list(dict.fromkeys(label for run in runs for label, _ in run))
+    lines = [
+        "| method | " + " | ".join(f"{n} tokens: macro (vs dense, paired)" for n in lengths) + " |",
+        "|---" * (len(lengths) + 1) + "|",
+    ]
+    for label in labels:
+        cells = []
+        for run, n in zip(runs, lengths, strict=True):
+            s = run.get((label, n))
+            if s is None:
+                cells.append("")
+                continue
+            cell = f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f}"
+            if s["vs_dense"] is not None:
+                diff, half = s["vs_dense"]
+                cell += f" ({100 * diff:+.1f} ± {100 * half:.1f})"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 PROXY_GRID = [
     ("4096 tokens, 100 prompts", "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"),
     ("4096, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_token_oracle/eval.json"),
@@ -136,6 +165,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "kernels-128k": kernels_table,
     "ttft-128k": ttft_table,
     "quality-4k": quality_table,
+    "quality-lengths": quality_lengths_table,
 }
 
 
