@@ -131,6 +131,31 @@ def quality_lengths_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+PROFILE = f"{SPEED}/profile_qwen3-8b_128k.json"
+
+
+def profile_table() -> str:
+    """Where a sparse prefill's time goes, per phase (``bench profile``), one row per block size."""
+    data = _load(PROFILE)
+    rows = data["rows"]
+    lines = [
+        f"Qwen3-8B shape, {rows[0]['seq_len'] // 1024}K tokens, {rows[0]['budget']}, {data['environment']['device']}, "
+        "milliseconds over the whole prefill (per layer in brackets):",
+        "",
+        "| block, backend | prefill | model (not attention) | attention kernel | scoring | selection | projection | rest of attention | scoring + selection / kernel |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        n = r["sparse_layers"]
+        lines.append(
+            f"| {r['block']}, {r['backend']} | {r['prefill_ms']:.0f} | {r['model_ms']:.0f} | "
+            f"{r['kernel_ms']:.0f} ({r['kernel_ms'] / n:.1f}) | {r['scoring_ms']:.0f} ({r['scoring_ms'] / n:.2f}) | "
+            f"{r['selection_ms']:.1f} | {r['projection_ms']:.1f} | {r['attention_other_ms']:.1f} | "
+            f"{100 * r['scoring_selection_share_of_kernel']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 PROXY_GRID = [
     ("4096 tokens, 100 prompts", "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"),
     ("4096, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_token_oracle/eval.json"),
@@ -166,6 +191,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "ttft-128k": ttft_table,
     "quality-4k": quality_table,
     "quality-lengths": quality_lengths_table,
+    "profile-128k": profile_table,
 }
 
 
