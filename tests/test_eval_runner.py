@@ -176,6 +176,8 @@ def test_evaluate_rows_densities_and_report(tiny, tok, tmp_path):
         full = by[("block_oracle density=1", task)]
         assert full["density"] == pytest.approx(1.0)
         assert full["example_output"] == by[("dense", task)]["example_output"]
+        assert full["outputs"] == by[("dense", task)]["outputs"] and len(full["outputs"]) == 2
+        assert len(full["answers"]) == 2 and full["answers"][0] == full["example_answers"]
         assert 0.25 <= by[("random density=0.25", task)]["density"] < 0.6
         streaming, top_k = (by[(f"{m} density=0.25", task)]["density"] for m in ("streaming", "block_oracle"))
         assert abs(streaming - top_k) < 0.05  # a window step is ~0.06 here; density x blocks missed by 0.066

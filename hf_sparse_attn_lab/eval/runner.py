@@ -156,6 +156,8 @@ def _run(model, tokenizer, method: Method, length: int, task: str, samples, batc
         "seconds": round(time.perf_counter() - start, 2),
         "example_output": outputs[0],
         "example_answers": samples[0].answers,
+        "outputs": outputs,
+        "answers": [s.answers for s in samples],
     }
 
 
