@@ -201,10 +201,66 @@ TASKS: dict[str, Callable[[TaskBuilder, int], Sample]] = {
 }
 
 
+def niah_prefix_distractor(b: TaskBuilder, length: int) -> Sample:
+    """One asked key; a distractor needle for another key whose value shares its first three digits."""
+    key, other = b.rng.sample(b.nouns, 2)
+    value = b.number()
+    decoy = value[:3] + str(b.rng.randint(0, 9999)).zfill(4)
+    while decoy == value:
+        decoy = value[:3] + str(b.rng.randint(0, 9999)).zfill(4)
+    needles = [_needle(key, value), _needle(other, decoy)]
+    b.rng.shuffle(needles)
+    question = f"what are all the special magic numbers for {key} mentioned in this text ? answer :"
+    return b.assemble("niah_prefix_distractor", length, "essay", needles, question, [value])
+
+
+def niah_repeated_key(b: TaskBuilder, length: int, repeats: int = 3) -> Sample:
+    """The asked key's needle stated ``repeats`` times (same value) at different depths."""
+    key = b.rng.choice(b.nouns)
+    value = b.number()
+    question = f"what are all the special magic numbers for {key} mentioned in this text ? answer :"
+    return b.assemble(
+        "niah_repeated_key", length, "essay", [_needle(key, value)] * repeats, question, [value]
+    )
+
+
+def _variable_tracking_hops(hops: int) -> Callable[[TaskBuilder, int], Sample]:
+    def make(b: TaskBuilder, length: int) -> Sample:
+        sample = variable_tracking(b, length, hops=hops)
+        sample.task = f"vt_hops{hops}"
+        return sample
+
+    return make
+
+
+def _multiquery(keys: int, asked: int) -> Callable[[TaskBuilder, int], Sample]:
+    task = f"niah_multiquery_{asked}of{keys}"
+    return lambda b, n: niah(b, n, "essay", num_keys=keys, num_queries=asked, task=task)
+
+
+# Variants of the tasks' grammar that proxy training never produces (``TASKS`` is what it trains on):
+# other hop counts, k-of-n queries, a distractor value sharing the asked value's prefix, a repeated key.
+# An evaluation's "held-out grammar" rows: they tell a model that learned a task from one that learned
+# its surface form.
+HELD_OUT_TASKS: dict[str, Callable[[TaskBuilder, int], Sample]] = {
+    "vt_hops2": _variable_tracking_hops(2),
+    "vt_hops3": _variable_tracking_hops(3),
+    "vt_hops5": _variable_tracking_hops(5),
+    "vt_hops6": _variable_tracking_hops(6),
+    "niah_multiquery_2of6": _multiquery(6, 2),
+    "niah_multiquery_4of6": _multiquery(6, 4),
+    "niah_prefix_distractor": niah_prefix_distractor,
+    "niah_repeated_key": niah_repeated_key,
+}
+
+
 def generate(task: str, tokenizer, length: int, seed: int = 0) -> Sample:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
-    return TASKS[task](TaskBuilder(tokenizer, seed), length)
+    make = TASKS.get(task) or HELD_OUT_TASKS.get(task)
+    if make is None:
+        raise ValueError(
+            f"unknown task {task!r}; known: {sorted(TASKS)}, held-out grammar: {sorted(HELD_OUT_TASKS)}"
+        )
+    return make(TaskBuilder(tokenizer, seed), length)
 
 
 def score(output: str, answers: list[str], tokenizer) -> float:

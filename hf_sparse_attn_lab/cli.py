@@ -248,6 +248,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_list(text: str) -> list[str] | None:
+    """``--tasks``: "all" (the trained tasks: None), "heldout" (the held-out grammar variants) or a comma list."""
+    from hf_sparse_attn.tasks import HELD_OUT_TASKS
+
+    if text == "all":
+        return None
+    if text == "heldout":
+        return list(HELD_OUT_TASKS)
+    return text.split(",")
+
+
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -290,7 +301,7 @@ def _eval(args: argparse.Namespace) -> int:
         retrieval_heads=heads,
         horizontal_threshold=args.horizontal_threshold,
     )
-    tasks = None if args.tasks == "all" else args.tasks.split(",")
+    tasks = _task_list(args.tasks)
     rows = evaluate(model, tok, methods, _ints(args.lengths), tasks, args.samples, args.batch_size)
     if args.matched_topk:
         rows += evaluate_matched_topk(model, tok, rows, tasks, args.samples, args.batch_size)
@@ -442,7 +453,12 @@ def add_commands(sub) -> None:
         "--set local_blocks=1 (repeatable; budgets and selectors come from the method flags)",
     )
     ev.add_argument("--lengths", default="4096,8192,16384", help="prompt lengths in tokens")
-    ev.add_argument("--tasks", default="all")
+    ev.add_argument(
+        "--tasks",
+        default="all",
+        help="all (the tasks the proxy trains on), heldout (grammar variants training never produces: "
+        "other hop counts, k-of-n queries, prefix-sharing distractors, repeated keys) or a comma list",
+    )
     ev.add_argument("--samples", type=int, default=20, help="prompts per (task, length)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--device", default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from hf_sparse_attn.tasks import TASKS, generate, score
+from hf_sparse_attn.tasks import HELD_OUT_TASKS, TASKS, generate, score
 from hf_sparse_attn.vocab import build_tokenizer, save_tokenizer
 
 
@@ -22,7 +22,7 @@ def test_tokenizer_round_trips_through_save_and_auto_tokenizer(tmp_path, tok):
     assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"]
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", sorted(TASKS) + sorted(HELD_OUT_TASKS))
 def test_every_task_hits_its_length_has_answers_and_no_unknown_tokens(task, tok):
     sample = generate(task, tok, 1000, seed=3)
     ids = tok(sample.prompt, add_special_tokens=False)["input_ids"]
@@ -56,3 +56,28 @@ def test_scorer_is_containment_over_tokens(tok):
     assert score("bada", ["bada", "kobe"], tok) == 0.0
     with pytest.raises(ValueError, match="unknown task"):
         generate("nope", tok, 100)
+
+
+def test_held_out_grammar_is_what_it_says_and_never_trained(tok):
+    from hf_sparse_attn_lab.cli import _task_list
+    from hf_sparse_attn_lab.eval.runner import answer_budget
+    from hf_sparse_attn_lab.proxy import TASK_WEIGHTS
+
+    assert not set(HELD_OUT_TASKS) & (set(TASKS) | set(TASK_WEIGHTS))  # proxy training never draws them
+    assert _task_list("heldout") == list(HELD_OUT_TASKS) and _task_list("all") is None
+    for hops in (2, 3, 5, 6):
+        sample = generate(f"vt_hops{hops}", tok, 1000, seed=5)
+        assert sample.task == f"vt_hops{hops}" and len(sample.answers) == hops + 1
+        assert sample.prompt.count("var ") == 2 * hops + 1  # first assignment + one "var X = var Y" per hop
+        assert answer_budget(sample.task) >= len(tok(" ".join(sample.answers))["input_ids"]) + hops
+    for asked in (2, 4):
+        sample = generate(f"niah_multiquery_{asked}of6", tok, 1000, seed=5)
+        assert len(sample.answers) == asked and sample.prompt.count("special magic numbers for") == 7
+    sample = generate("niah_prefix_distractor", tok, 1000, seed=5)
+    (value,) = sample.answers
+    decoys = [
+        v for v in sample.prompt.replace(" .", "").split() if v.isdigit() and len(v) == 7 and v != value
+    ]
+    assert len(decoys) == 1 and decoys[0][:3] == value[:3]
+    sample = generate("niah_repeated_key", tok, 1000, seed=5)
+    assert sample.prompt.count(f": {sample.answers[0]} .") == 3

@@ -26,7 +26,7 @@ from hf_sparse_attn.runtime.attention import (
 from hf_sparse_attn.runtime.fileio import atomic_write_text
 from hf_sparse_attn.runtime.log import silenced
 from hf_sparse_attn.runtime.modeling import ARCHITECTURE_FIELDS, sparse_config_of, update_sparse_config
-from hf_sparse_attn.tasks import TASKS, generate, score
+from hf_sparse_attn.tasks import HELD_OUT_TASKS, TASKS, generate, score
 
 from ..bench.report import have_matplotlib
 from ..proxy import greedy_answers
@@ -51,7 +51,10 @@ def calibration_prompts(
 
 def answer_budget(task: str) -> int:
     """Greedy tokens to generate: enough for the longest answer of the task plus separators."""
-    return {"niah_multivalue": 40, "niah_multiquery": 40, "cwe": 30, "vt": 16}.get(task, 20)
+    if task.startswith("vt_hops"):  # one name per hop plus the first, ~3 tokens each with separators
+        return 3 * (int(task.removeprefix("vt_hops")) + 1) + 1
+    budgets = {"niah_multivalue": 40, "niah_multiquery": 40, "niah_multiquery_4of6": 40, "cwe": 30, "vt": 16}
+    return budgets.get(task, 30 if task.startswith("niah_multiquery") else 20)
 
 
 def evaluate(
@@ -71,9 +74,11 @@ def evaluate(
     from tqdm.auto import tqdm
 
     tasks = tasks or list(TASKS)
-    unknown = sorted(set(tasks) - set(TASKS))
+    unknown = sorted(set(tasks) - set(TASKS) - set(HELD_OUT_TASKS))
     if unknown:
-        raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
+        raise ValueError(
+            f"unknown tasks {unknown}; known: {sorted(TASKS)}, held-out grammar: {sorted(HELD_OUT_TASKS)}"
+        )
     register_token_oracle()
     base = sparse_config_of(model).to_dict()
     rows: list[dict] = []
