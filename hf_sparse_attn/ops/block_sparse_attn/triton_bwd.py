@@ -27,6 +27,20 @@ def _probs(q, k, rows, kpos, lse, L, S, qk_scale, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _row_stats(LSE, DELTA, b, h, HQ: tl.constexpr, S, rows, L):
+    """The rows' forward log-sum-exp and delta = rowsum(dO * O), 0 on padding rows."""
+    offs = (b * HQ + h) * S + rows
+    return tl.load(LSE + offs, mask=rows < L, other=0.0), tl.load(DELTA + offs, mask=rows < L, other=0.0)
+
+
+@triton.jit
+def _score_grad(p, do, v, delta, PRECISION: tl.constexpr):
+    """dS = P * (dO V^T - delta): the softmax's backward on one [M, N] tile."""
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    return p * (dp - delta[:, None])
+
+
+@triton.jit
 def _load_rows(ptr, stride_b, stride_h, stride_s, b, h, rows, S, D: tl.constexpr):
     offs_d = tl.arange(0, D)
     ptrs = ptr + b * stride_b + h * stride_h + rows[:, None] * stride_s + offs_d[None, :]
@@ -50,8 +64,7 @@ def _dq_kernel(
     L = tl.load(LENS + b)
     q = _load_rows(Q, sqb, sqh, sqs, b, h, rows, S, D)
     do = _load_rows(DO, sdb, sdh, sds, b, h, rows, S, D)
-    lse = tl.load(LSE + (b * HQ + h) * S + rows, mask=rows < L, other=0.0)
-    delta = tl.load(DELTA + (b * HQ + h) * S + rows, mask=rows < L, other=0.0)
+    lse, delta = _row_stats(LSE, DELTA, b, h, HQ, S, rows, L)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     n = tl.load(NUM + b * snb + g * sng + qb * snq)
     for i in range(0, n):
@@ -61,8 +74,7 @@ def _dq_kernel(
             k = _load_rows(K, skb, skh, sks, b, kvh, kpos, S, D)
             v = _load_rows(V, skb, skh, sks, b, kvh, kpos, S, D)
             p = _probs(q, k, rows, kpos, lse, L, S, qk_scale, PRECISION)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
+            ds = _score_grad(p, do, v, delta, PRECISION)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     offs_d = tl.arange(0, D)
     ptrs = DQ + b * sgb + h * sgh + rows[:, None] * sgs + offs_d[None, :]
@@ -98,12 +110,10 @@ def _dkdv_kernel(
                 rows = qb * BLOCK + j * BLOCK_M + tl.arange(0, BLOCK_M)
                 q = _load_rows(Q, sqb, sqh, sqs, b, h, rows, S, D)
                 do = _load_rows(DO, sdb, sdh, sds, b, h, rows, S, D)
-                lse = tl.load(LSE + (b * HQ + h) * S + rows, mask=rows < L, other=0.0)
-                delta = tl.load(DELTA + (b * HQ + h) * S + rows, mask=rows < L, other=0.0)
+                lse, delta = _row_stats(LSE, DELTA, b, h, HQ, S, rows, L)
                 p = _probs(q, k, rows, kpos, lse, L, S, qk_scale, PRECISION)
                 dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-                ds = p * (dp - delta[:, None])
+                ds = _score_grad(p, do, v, delta, PRECISION)
                 dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION)
     offs_d = tl.arange(0, D)
     ptrs = b * sgb + kvh * sgh + kpos[:, None] * sgs + offs_d[None, :]
