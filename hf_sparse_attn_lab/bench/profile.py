@@ -32,7 +32,7 @@ from hf_sparse_attn.runtime.indexer import Indexer
 from hf_sparse_attn.runtime.modeling import attach_indexer
 
 from .shapes import CONFIGS
-from .ttft import backend_env, set_budget
+from .ttft import backend_env
 
 PHASES = ("projection", "scoring", "selection", "kernel", "attention_other", "model")
 
@@ -91,7 +91,6 @@ def _model(shape: str, block: int, budget: dict):
             config, dtype=torch.bfloat16, attn_implementation="sdpa"
         ).eval()
     attach_indexer(model, SparseAttentionConfig(block_size=block, min_sparse_len=1024, **budget))
-    set_budget(model, **budget)
     model.set_attn_implementation("sparse_prefill")
     return model
 
@@ -144,9 +143,8 @@ def run(
         finally:
             AttentionInterface.register("sparse_prefill", original)
         kernels = _top_kernels(model, ids, top)
-    inner = sum(totals.get(p, 0.0) for p in PHASES[:4])
     phases = {p: totals.get(p, 0.0) for p in PHASES[:4]}
-    phases["attention_other"] = totals.get("attention", 0.0) - inner
+    phases["attention_other"] = totals.get("attention", 0.0) - sum(phases.values())
     phases["model"] = prefill_ms - totals.get("attention", 0.0)
     layers = timer.counts().get("kernel", 0)
     row = {
