@@ -15,7 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPEED = "results/speed_h200"
 QUALITY = "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"
-QUALITY_LENGTHS = [f"results/eval_gpu_110/{n}/eval.json" for n in (4096, 8192, 16384)]
+QUALITY_LENGTHS = [
+    (f"{n} tokens: macro (vs dense, paired)", f"results/eval_gpu_110/{n}/eval.json")
+    for n in (4096, 8192, 16384)
+]
 _SPAN = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
 SHAPE_NAMES = {
     "qwen3-8b": "Qwen3-8B (32 q / 8 kv heads, D 128)",
@@ -106,27 +109,29 @@ def quality_table() -> str:
 def quality_lengths_table() -> str:
     """Each method at 1x, 2x and 4x the indexer's training length on the same 110 prompts per length:
     macro ± 95% CI, and the paired difference to dense ± its 95% half-width."""
+
+    def cell(s: dict) -> str:
+        text = f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f}"
+        if s["vs_dense"] is not None:
+            diff, half = s["vs_dense"]
+            text += f" ({100 * diff:+.1f} ± {100 * half:.1f})"
+        return text
+
+    return _method_grid(QUALITY_LENGTHS, cell)
+
+
+def _method_grid(runs: list[tuple[str, str]], cell: Callable[[dict], str]) -> str:
+    """One row per method, one column per (title, eval JSON) run of a single length: ``cell`` of the
+    method's macro summary in that run, empty where the run lacks the method."""
     from .eval.runner import macro
 
-    runs = [macro(_load(path)["rows"]) for path in QUALITY_LENGTHS]
-    lengths = [next(iter(run))[1] for run in runs]
-    labels = list(dict.fromkeys(label for run in runs for label, _ in run))
-    lines = [
-        "| method | " + " | ".join(f"{n} tokens: macro (vs dense, paired)" for n in lengths) + " |",
-        "|---" * (len(lengths) + 1) + "|",
+    columns = [
+        (title, {label: s for (label, _), s in macro(_load(path)["rows"]).items()}) for title, path in runs
     ]
+    labels = list(dict.fromkeys(label for _, summary in columns for label in summary))
+    lines = ["| method | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label in labels:
-        cells = []
-        for run, n in zip(runs, lengths, strict=True):
-            s = run.get((label, n))
-            if s is None:
-                cells.append("")
-                continue
-            cell = f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f}"
-            if s["vs_dense"] is not None:
-                diff, half = s["vs_dense"]
-                cell += f" ({100 * diff:+.1f} ± {100 * half:.1f})"
-            cells.append(cell)
+        cells = [cell(summary[label]) if label in summary else "" for _, summary in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -167,22 +172,10 @@ PROXY_GRID = [
 
 def proxy_grid_table() -> str:
     """Every method of the bundled proxy's evaluations, one column per run: macro ± 95% (kept)."""
-    from .eval.runner import macro
-
-    columns = [(title, macro(_load(path)["rows"])) for title, path in PROXY_GRID]
-    labels = list(dict.fromkeys(label for _, summary in columns for label, _ in summary))
-    lines = ["| method | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for label in labels:
-        cells = []
-        for _, summary in columns:
-            hit = [v for (lab, _), v in summary.items() if lab == label]
-            cells.append(
-                f"{100 * hit[0]['accuracy']:.1f} ± {100 * hit[0]['ci95']:.1f} ({hit[0]['density'] or 1.0:.3f})"
-                if hit
-                else ""
-            )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return _method_grid(
+        PROXY_GRID,
+        lambda s: f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f} ({s['density'] or 1.0:.3f})",
+    )
 
 
 TABLES: dict[str, Callable[[], str]] = {
