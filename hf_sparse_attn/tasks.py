@@ -123,7 +123,9 @@ def niah(
     return b.assemble(task, length, haystack, needles, question, answers, filler)
 
 
-def variable_tracking(b: TaskBuilder, length: int, hops: int = 4, chains: int = 1) -> Sample:
+def variable_tracking(
+    b: TaskBuilder, length: int, hops: int = 4, chains: int = 1, task: str = "vt"
+) -> Sample:
     upper = [w for w in b.tok.get_vocab() if w.isupper() and len(w) > 2]
     names = b.rng.sample(sorted(upper), (hops + 1) * chains)
     needles, answers = [], []
@@ -136,7 +138,7 @@ def variable_tracking(b: TaskBuilder, length: int, hops: int = 4, chains: int = 
             answers, asked = chain, value
     depths = sorted(b.rng.random() for _ in needles)
     question = f"which variables hold the value {asked} ? answer :"
-    return b.assemble("vt", length, "repeat", needles, question, answers, depths=depths)
+    return b.assemble(task, length, "repeat", needles, question, answers, depths=depths)
 
 
 def common_words(
@@ -225,12 +227,7 @@ def niah_repeated_key(b: TaskBuilder, length: int, repeats: int = 3) -> Sample:
 
 
 def _variable_tracking_hops(hops: int) -> Callable[[TaskBuilder, int], Sample]:
-    def make(b: TaskBuilder, length: int) -> Sample:
-        sample = variable_tracking(b, length, hops=hops)
-        sample.task = f"vt_hops{hops}"
-        return sample
-
-    return make
+    return lambda b, n: variable_tracking(b, n, hops=hops, task=f"vt_hops{hops}")
 
 
 def _multiquery(keys: int, asked: int) -> Callable[[TaskBuilder, int], Sample]:
