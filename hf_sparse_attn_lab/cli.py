@@ -7,6 +7,7 @@ without importing this package.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 
 from hf_sparse_attn_cli import _batch_lengths, _floats, _ints
@@ -192,17 +193,17 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench.profile import run as run_profile
 
         rows, kernels = [], []
-        for shape in args.shapes.split(","):
-            for S in _ints(args.seq_lens):
-                for density in (d for d in _floats(args.densities) if d < 1.0):
-                    for backend in args.backends.split(","):
-                        row, top = run_profile(shape, S, {"density": density}, args.block_size, backend)
-                        rows.append(row)
-                        kernels += [
-                            {**{c: row[c] for c in ("model", "seq_len", "backend", "budget")}, **k}
-                            for k in top
-                        ]
-                        print(row, flush=True)
+        cases = itertools.product(
+            args.shapes.split(","),
+            _ints(args.seq_lens),
+            [d for d in _floats(args.densities) if d < 1.0],
+            args.backends.split(","),
+        )
+        for shape, S, density, backend in cases:
+            row, top = run_profile(shape, S, {"density": density}, args.block_size, backend)
+            rows.append(row)
+            kernels += [{**{c: row[c] for c in ("model", "seq_len", "backend", "budget")}, **k} for k in top]
+            print(row, flush=True)
         cols = ["model", "seq_len", "block", "backend", "budget", "density", "sparse_layers", "prefill_ms"]
         cols += [f"{p}_ms" for p in PHASES] + ["scoring_selection_share_of_kernel"]
         paths = report.save("profile", args.out, rows, cols, "Sparse prefill, time per phase (CUDA events)")
