@@ -82,14 +82,29 @@ def test_pooled_mass_cpu_matches_reference(B, H, Hk, G, S, d, bs):
     )
 
 
-def test_pooled_mass_cpu_small_chunks_and_all_padding_row(monkeypatch):
+@pytest.mark.parametrize("key_tile", [16, 48, 1024])
+def test_pooled_mass_cpu_small_chunks_key_tiles_and_all_padding_row(monkeypatch, key_tile):
     q, k, _ = _qkv(2, 2, 1, 100, 16, seed=7)
     lens = torch.tensor([100, 0])
     want = pooled_attention_mass(q, k, 16, 0.25, 2, lens)
     monkeypatch.setattr(mass_cpu, "SOFTMAX_CHUNK_ROWS", 16)
+    monkeypatch.setattr(mass_cpu, "KEY_TILE", key_tile)
     got = mass_cpu.pooled_attention_mass_cpu(q, k, 16, 0.25, 2, lens)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(got).all() and (got[1] == 0).all()
+
+
+def test_pooled_mass_cpu_tiles_with_far_apart_maxima(monkeypatch):
+    """Tiles whose row maxima differ by far more than exp's range: the online rescale must not overflow
+    or lose the small tiles (each tile is shifted by its own maximum first)."""
+    q, k, _ = _qkv(1, 2, 2, 96, 16, seed=11)
+    k[:, :, 40:48] *= 40.0  # one key block dominates every row that sees it
+    lens = torch.tensor([90])
+    want = pooled_attention_mass(q * 4, k, 16, 0.25, 1, lens)
+    monkeypatch.setattr(mass_cpu, "KEY_TILE", 32)
+    got = mass_cpu.pooled_attention_mass_cpu(q * 4, k, 16, 0.25, 1, lens)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(got).all()
 
 
 def test_dispatch_takes_the_cpu_ops_without_autograd_and_the_reference_with_it(monkeypatch):
