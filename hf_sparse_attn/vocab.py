@@ -8,6 +8,7 @@ tokenizer is a real `tokenizers` WordLevel model saved as ``tokenizer.json`` and
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 
@@ -73,13 +74,18 @@ _VOWELS = "aeiou"
 
 def pseudo_words(n: int) -> list[str]:
     """``n`` distinct lowercase two- and three-syllable words, deterministic."""
+    return list(_pseudo_words(n))
+
+
+@functools.cache
+def _pseudo_words(n: int) -> tuple[str, ...]:  # every task sample draws from them: built once
     syllables = [c + v for c, v in itertools.product(_CONSONANTS, _VOWELS)]
     words = []
     for length in (2, 3):
         for combo in itertools.product(syllables, repeat=length):
             words.append("".join(combo))
             if len(words) == n:
-                return words
+                return tuple(words)
     raise ValueError(f"at most {len(words)} pseudo-words available")
 
 

@@ -81,3 +81,15 @@ def test_held_out_grammar_is_what_it_says_and_never_trained(tok):
     assert len(decoys) == 1 and decoys[0][:3] == value[:3]
     sample = generate("niah_repeated_key", tok, 1000, seed=5)
     assert sample.prompt.count(f": {sample.answers[0]} .") == 3
+
+
+def test_prompts_are_pinned(tok):
+    """Every stored eval (results/) was scored on these exact prompts: a generator change that alters
+    them must be deliberate (and re-run the evals it invalidates), never a side effect of a refactor."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for task in sorted(TASKS) + sorted(HELD_OUT_TASKS):
+        sample = generate(task, tok, 600, seed=11)
+        digest.update((sample.prompt + "|" + "|".join(sample.answers)).encode())
+    assert digest.hexdigest()[:16] == "3b951591d4dcc48e"
