@@ -36,7 +36,7 @@ from transformers import Qwen3Config
 
 from hf_sparse_attn.demo import PROXY_DIR
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
-from hf_sparse_attn.runtime.fileio import atomic_write
+from hf_sparse_attn.runtime.fileio import atomic_write, atomic_write_text
 from hf_sparse_attn.tasks import TASKS, Sample, TaskBuilder, generate
 
 from .sparse_training import ATTENTION_NAME as ORACLE_SPARSE_TRAINING
@@ -312,7 +312,10 @@ def train_proxy(
     step, stopped = first_step, False
     model.train()
     bar = tqdm(loader, total=config.steps, initial=first_step, desc="train proxy")
+    body_done = window_start = time.time()
+    data_wait = 0.0  # seconds this log window spent blocked on the loader: a share near 1 is data-bound
     for step, batch in enumerate(bar, start=first_step):
+        data_wait += time.time() - body_done
         progress = config.progress(step, started)
         if progress >= 1.0:
             break
@@ -343,6 +346,7 @@ def train_proxy(
                 "answer_loss": round(float(losses[:, 1].mean()), 4),
                 "seq_len": int(batch["input_ids"].shape[1]),
                 "seconds": round(time.time() - started, 1),
+                "data_wait_share": round(data_wait / max(time.time() - window_start, 1e-9), 3),
             }
             if 0 < int(sparse.sum()) < len(window):  # sparse-aware steps: answer loss of each kind
                 entry["answer_loss_sparse"] = round(float(losses[sparse, 1].mean()), 4)
@@ -352,6 +356,8 @@ def train_proxy(
             tqdm.write(json.dumps(entry))
             with open(out / "training_log.jsonl", "a") as f:
                 print(json.dumps(entry), file=f)
+            data_wait, window_start = 0.0, time.time()
+        body_done = time.time()
     else:
         step += 1
     if stopped:
@@ -379,8 +385,7 @@ def train_proxy(
         "seconds": round(time.time() - started, 1),
         "log": log,
     }
-    with open(out / "training_summary.json", "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_text(out / "training_summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -99,6 +99,7 @@ def test_train_proxy_smoke_writes_hub_layout(tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
     log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3] and all(e["loss"] > e["answer_loss"] > 0 for e in log)
+    assert all(0 < e["data_wait_share"] <= 1 for e in log)  # no workers: batches are built in the loop
     with pytest.raises(FileNotFoundError, match="distill_proxy.py"):
         load_proxy(tmp_path)
 
