@@ -330,3 +330,8 @@ def test_budget_kept_fraction_is_what_selection_keeps(changes):
         nb = -(-S // 16)
         blocks = select_blocks(torch.rand(1, 1, nb, nb), cfg, torch.tensor([S]))
         assert budget_kept_fraction(cfg, S) == pytest.approx(float(blocks.density()), abs=1e-6)
+    from hf_sparse_attn.runtime import selection
+
+    hits = selection._kept_fraction.cache_info().hits
+    budget_kept_fraction(SparseAttentionConfig(block_size=16, **changes), 4096)  # the next layer's call
+    assert selection._kept_fraction.cache_info().hits == hits + 1

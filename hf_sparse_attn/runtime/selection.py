@@ -25,6 +25,7 @@ total is bounded by both rules.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -143,12 +144,20 @@ def _width_bound(config: SparseAttentionConfig, nk: int) -> int:
 
 def _budget_width(config: SparseAttentionConfig, nk: int) -> int:
     """Blocks a ``top_k`` / ``density`` row of ``nk`` candidates can keep at most, forced ones included."""
-    return min(nk, max(config.sink_blocks + config.local_blocks, _budget_blocks(config, nk)))
+    return _width_of(config.budget, config.sink_blocks + config.local_blocks, nk)
+
+
+def _width_of(budget: tuple[str, float], forced: int, nk: int) -> int:
+    return min(nk, max(forced, _blocks_of(budget, nk)))
 
 
 def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
     """Blocks a ``top_k`` / ``density`` budget keeps out of ``n_cand`` candidates (forced ones aside)."""
-    name, value = config.budget
+    return _blocks_of(config.budget, n_cand)
+
+
+def _blocks_of(budget: tuple[str, float], n_cand: int) -> int:
+    name, value = budget
     return value if name == "top_k" else math.ceil(n_cand * value - 1e-6)
 
 
@@ -158,16 +167,30 @@ def budget_kept_fraction(config: SparseAttentionConfig, seq_len: int) -> float |
     None for ``top_p`` (the count depends on the scores)."""
     if config.budget[0] == "top_p":
         return None
-    nb = num_blocks(seq_len, config.block_size)
-    forced = config.sink_blocks + config.local_blocks
-    width = _budget_width(config, nb)
+    rule = (
+        config.budget,
+        config.block_size,
+        config.sink_blocks,
+        config.local_blocks,
+        config.dense_tail_blocks,
+    )
+    return _kept_fraction(*rule, seq_len)
+
+
+@functools.lru_cache(maxsize=1024)  # every sparse layer of a prefill asks for the same one
+def _kept_fraction(
+    budget: tuple[str, float], block_size: int, sink: int, local: int, dense_tail: int, seq_len: int
+) -> float:
+    nb = num_blocks(seq_len, block_size)
+    forced = sink + local
+    width = _width_of(budget, forced, nb)
     kept = 0
     for qb in range(nb):
         n = qb + 1
-        if qb >= nb - config.dense_tail_blocks:
+        if qb >= nb - dense_tail:
             kept += n
             continue
-        kept += min(max(_budget_blocks(config, n), min(n, forced)), width, n)
+        kept += min(max(_blocks_of(budget, n), min(n, forced)), width, n)
     return kept / (nb * (nb + 1) // 2)
 
 
