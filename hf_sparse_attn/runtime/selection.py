@@ -139,24 +139,16 @@ def _width_bound(config: SparseAttentionConfig, nk: int) -> int:
     width is then known without reading the counts back from the device (no host sync)."""
     if config.budget[0] == "top_p" or config.dense_tail_blocks:
         return nk
-    return max(1, _budget_width(config, nk))
+    return max(1, _budget_width(config.budget, config.sink_blocks + config.local_blocks, nk))
 
 
-def _budget_width(config: SparseAttentionConfig, nk: int) -> int:
-    """Blocks a ``top_k`` / ``density`` row of ``nk`` candidates can keep at most, forced ones included."""
-    return _width_of(config.budget, config.sink_blocks + config.local_blocks, nk)
+def _budget_width(budget: tuple[str, float], forced: int, nk: int) -> int:
+    """Blocks a ``top_k`` / ``density`` row of ``nk`` candidates can keep at most, ``forced`` included."""
+    return min(nk, max(forced, _budget_blocks(budget, nk)))
 
 
-def _width_of(budget: tuple[str, float], forced: int, nk: int) -> int:
-    return min(nk, max(forced, _blocks_of(budget, nk)))
-
-
-def _budget_blocks(config: SparseAttentionConfig, n_cand: int) -> int:
+def _budget_blocks(budget: tuple[str, float], n_cand: int) -> int:
     """Blocks a ``top_k`` / ``density`` budget keeps out of ``n_cand`` candidates (forced ones aside)."""
-    return _blocks_of(config.budget, n_cand)
-
-
-def _blocks_of(budget: tuple[str, float], n_cand: int) -> int:
     name, value = budget
     return value if name == "top_k" else math.ceil(n_cand * value - 1e-6)
 
@@ -183,14 +175,14 @@ def _kept_fraction(
 ) -> float:
     nb = num_blocks(seq_len, block_size)
     forced = sink + local
-    width = _width_of(budget, forced, nb)
+    width = _budget_width(budget, forced, nb)
     kept = 0
     for qb in range(nb):
         n = qb + 1
         if qb >= nb - dense_tail:
             kept += n
             continue
-        kept += min(max(_blocks_of(budget, n), min(n, forced)), width, n)
+        kept += min(max(_budget_blocks(budget, n), min(n, forced)), width, n)
     return kept / (nb * (nb + 1) // 2)
 
 
@@ -207,7 +199,7 @@ def forced_blocks_fill_budget(config: SparseAttentionConfig, seq_len: int) -> bo
     longest = num_blocks(seq_len, config.block_size) - config.dense_tail_blocks  # the last sparse row
     if longest <= 0:
         return False
-    return _budget_blocks(config, longest) <= min(longest, config.sink_blocks + config.local_blocks)
+    return _budget_blocks(config.budget, longest) <= min(longest, config.sink_blocks + config.local_blocks)
 
 
 def select_decode_blocks(
@@ -248,7 +240,7 @@ def select_decode_blocks(
             count = torch.minimum(count, n_forced + _layer_top_p_cells(mass, config.layer_top_p))
         count = count[..., 0]
         return count.to(torch.int32), order.to(torch.int32).contiguous()
-    width = _budget_width(config, nk)
+    width = _budget_width(config.budget, config.sink_blocks + config.local_blocks, nk)
     chosen = torch.topk(prio, width, dim=-1, sorted=True).indices
     if name == "top_k":
         budget = torch.full_like(n_valid, value)
