@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .runtime.config import SparseAttentionConfig
+from .runtime.fileio import atomic_write_text
 
 FAMILIES = {
     "qwen3": {"model": "Qwen/Qwen3-8B"},
@@ -237,8 +238,7 @@ def run(args: argparse.Namespace, family: str) -> dict:
         ):
             raise RuntimeError("smoke run: the reloaded indexer differs from the trained one")
         summary["reload"] = f"{len(reloaded)} indexer tensors identical"
-    with open(os.path.join(args.output_dir, "distill_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_text(os.path.join(args.output_dir, "distill_summary.json"), json.dumps(summary, indent=2))
     return summary
 
 

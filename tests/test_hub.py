@@ -434,3 +434,28 @@ def test_pipeline_accepts_the_remote_class_without_a_not_supported_error(hub):
         hsa.register()
     assert type(model).__name__ == "SparseQwen3ForCausalLM"
     assert not [r for r in records if "not supported" in r.getMessage()]
+
+
+def test_interrupted_kernel_build_leaves_the_previous_build_whole(tmp_path, monkeypatch):
+    repo = build_kernel_repo(tmp_path / "kr")
+    variant = repo / "build" / "torch-universal"
+
+    def files() -> dict:
+        return {p.relative_to(variant): p.read_bytes() for p in variant.rglob("*") if p.is_file()}
+
+    before, original, writes = files(), Path.write_text, []
+
+    def write_then_fail(self, *args, **kwargs):
+        writes.append(self)
+        if len(writes) == 3:
+            raise OSError("disk full")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        build_kernel_repo(tmp_path / "kr")
+    monkeypatch.undo()
+    assert files() == before  # not two new files over an emptied folder
+    assert sorted(p.name for p in (repo / "build").iterdir()) == ["torch-universal"]  # no staging left
+    build_kernel_repo(tmp_path / "kr")
+    assert files() == before

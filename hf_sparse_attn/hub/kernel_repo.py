@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import hf_sparse_attn
+from hf_sparse_attn.runtime.fileio import atomic_write_text
 
 OPS_DIR = Path(hf_sparse_attn.__file__).parent / "ops"
 KERNEL_NAME = "sparse-prefill-kernels"
@@ -35,11 +37,41 @@ def source_hash() -> str:
 
 
 def build_kernel_repo(out_dir: str | Path, version: int = KERNEL_VERSION) -> Path:
-    """Write ``<out_dir>/build/torch-universal/`` (package + metadata.json) and the repo README."""
+    """Write ``<out_dir>/build/torch-universal/`` (package + metadata.json) and the repo README.
+
+    The variant is written to a staging folder beside it and swapped in whole, so an interrupted build
+    leaves the previous one, never a mix of old and new files."""
     out = Path(out_dir)
-    variant = out / "build" / VARIANT
+    final = out / "build" / VARIANT
+    variant = final.with_name(f".{VARIANT}.staging-{os.getpid()}")
     if variant.exists():
         shutil.rmtree(variant)
+    try:
+        _write_variant(variant, version)
+    except BaseException:
+        shutil.rmtree(variant, ignore_errors=True)
+        raise
+    previous = final.with_name(f".{VARIANT}.previous-{os.getpid()}")
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(variant, final)
+    if previous.exists():
+        shutil.rmtree(previous)
+    atomic_write_text(
+        out / "README.md",
+        f"---\nlicense: apache-2.0\ntags:\n- kernels\n- sparse-attention\n---\n\n# {KERNEL_NAME} v{version}\n\n"
+        "Block-sparse causal GQA attention (prefill and split-KV decode), block-pooled attention mass, the\n"
+        "row probe of the training-free selector and 4-bit indexer K-cache quantization (Triton; plain-PyTorch\n"
+        "references run off CUDA), built from hf-sparse-attn's `hf_sparse_attn/ops` by `hf-sparse-attn build-kernels`.\n\n"
+        "```python\nimport kernels\n"
+        f'ops = kernels.get_kernel("{DEFAULT_KERNEL_REPO}", version={version})\n'
+        "out, lse = ops.block_sparse_attention(q, k, v, kv_num_blocks, kv_indices, block_size, scale)\n```\n",
+    )
+    return out
+
+
+def _write_variant(variant: Path, version: int) -> None:
+    """The kernel package (ops sources, renamed namespace, provenance header) and its metadata.json."""
     digest = source_hash()
     header = f"# Generated from hf_sparse_attn/ops/{{}} (hf-sparse-attn {hf_sparse_attn.__version__}, ops {digest}); do not edit.\n"
     for path in _sources():
@@ -56,13 +88,3 @@ def build_kernel_repo(out_dir: str | Path, version: int = KERNEL_VERSION) -> Pat
         "backend": {"type": "cuda"},
     }
     (variant / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    (out / "README.md").write_text(
-        f"---\nlicense: apache-2.0\ntags:\n- kernels\n- sparse-attention\n---\n\n# {KERNEL_NAME} v{version}\n\n"
-        "Block-sparse causal GQA attention (prefill and split-KV decode), block-pooled attention mass, the\n"
-        "row probe of the training-free selector and 4-bit indexer K-cache quantization (Triton; plain-PyTorch\n"
-        "references run off CUDA), built from hf-sparse-attn's `hf_sparse_attn/ops` by `hf-sparse-attn build-kernels`.\n\n"
-        "```python\nimport kernels\n"
-        f'ops = kernels.get_kernel("{DEFAULT_KERNEL_REPO}", version={version})\n'
-        "out, lse = ops.block_sparse_attention(q, k, v, kv_num_blocks, kv_indices, block_size, scale)\n```\n"
-    )
-    return out

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from hf_sparse_attn.runtime.fileio import atomic_write, atomic_write_text
+
 
 def environment() -> dict[str, Any]:
     import transformers
@@ -53,12 +55,11 @@ def save(
     dicts = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
     env = environment()
     paths = {"json": os.path.join(out_dir, f"{name}.json"), "md": os.path.join(out_dir, f"{name}.md")}
-    with open(paths["json"], "w") as f:
-        json.dump({"environment": env, "rows": dicts}, f, indent=1)
-    with open(paths["md"], "w") as f:
-        f.write(
-            f"# {title}\n\n{', '.join(f'{k} {v}' for k, v in env.items())}\n\n{markdown_table(dicts, columns)}\n"
-        )
+    atomic_write_text(paths["json"], json.dumps({"environment": env, "rows": dicts}, indent=1))
+    atomic_write_text(
+        paths["md"],
+        f"# {title}\n\n{', '.join(f'{k} {v}' for k, v in env.items())}\n\n{markdown_table(dicts, columns)}\n",
+    )
     if plot is not None and have_matplotlib():
         paths["png"] = os.path.join(out_dir, f"{name}.png")
         plot(dicts, paths["png"])
@@ -117,4 +118,4 @@ def plot_kernels(rows: list[dict[str, Any]], path: str) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

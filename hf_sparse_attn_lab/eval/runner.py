@@ -23,7 +23,7 @@ from hf_sparse_attn.runtime.attention import (
     kept_density_per_layer,
     sparse_at_every_budget,
 )
-from hf_sparse_attn.runtime.fileio import atomic_write_text
+from hf_sparse_attn.runtime.fileio import atomic_write, atomic_write_text
 from hf_sparse_attn.runtime.log import silenced
 from hf_sparse_attn.runtime.modeling import ARCHITECTURE_FIELDS, sparse_config_of, update_sparse_config
 from hf_sparse_attn.tasks import HELD_OUT_TASKS, TASKS, generate, score
@@ -270,7 +270,7 @@ def write_report(rows: list[dict], out_dir: str | os.PathLike, meta: dict) -> di
                 f"| {label} | {dens} | **{100 * s['accuracy']:.1f}** ± {100 * s['ci95']:.1f} | {paired} | {cells} |"
             )
     lines += _layer_table(rows, lengths)
-    (out / "eval.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "eval.md", "\n".join(lines) + "\n")
     files = {"json": str(out / "eval.json"), "markdown": str(out / "eval.md")}
     files.update(_plots(summary, lengths, out))
     return files
@@ -311,7 +311,7 @@ def _plots(summary: dict, lengths: list[int], out: Path) -> dict[str, str]:
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_length.png", dpi=120)
+    atomic_write(out / "accuracy_vs_length.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     files["plot_length"] = str(out / "accuracy_vs_length.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -331,7 +331,7 @@ def _plots(summary: dict, lengths: list[int], out: Path) -> dict[str, str]:
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_density.png", dpi=120)
+    atomic_write(out / "accuracy_vs_density.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     files["plot_density"] = str(out / "accuracy_vs_density.png")
     plt.close(fig)
     return files
