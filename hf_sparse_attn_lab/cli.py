@@ -45,10 +45,21 @@ def _config_override(text: str) -> tuple[str, object]:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    if not torch.cuda.is_available():
-        raise ValueError("benchmarks need a CUDA device (the CPU path is the reference, not a speed path)")
     from .bench import report
 
+    if args.what == "cpu-prefill":
+        from hf_sparse_attn.demo import PROXY_DIR
+
+        from .bench.cpu_prefill import run as run_cpu_prefill
+
+        rows = run_cpu_prefill(PROXY_DIR, _ints(args.seq_lens or "4k,16k"), rounds=args.rounds)
+        cols = ["seq_len", "threads", "kept_blocks", "sparse_s", "dense_s", "speedup", "rel_err"]
+        title = "Bundled proxy prefill on a CPU, vectorized sparse ops vs dense sdpa (fastest of interleaved runs)"
+        print("wrote", ", ".join(report.save("cpu_prefill", args.out, rows, cols, title).values()))
+        return 0
+    if not torch.cuda.is_available():
+        raise ValueError(f"bench {args.what} needs a CUDA device; on a CPU: hf-sparse-attn bench cpu-prefill")
+    args.seq_lens = args.seq_lens or "16k,32k,64k,128k"
     if args.what == "kernels":
         from .bench.kernels import run
 
@@ -479,13 +490,23 @@ def add_commands(sub) -> None:
     agree.add_argument("--out", default="results/kcache")
     agree.set_defaults(func=_kcache_agreement)
     bench = sub.add_parser(
-        "bench", help="GPU benchmarks: kernels | selection | memory | distill | ttft | profile | decode"
+        "bench",
+        help="GPU benchmarks: kernels | selection | memory | distill | ttft | profile | decode; "
+        "on a CPU: cpu-prefill",
     )
     bench.add_argument(
-        "what", choices=["kernels", "selection", "memory", "distill", "ttft", "profile", "decode"]
+        "what",
+        choices=["kernels", "selection", "memory", "distill", "ttft", "profile", "decode", "cpu-prefill"],
     )
     bench.add_argument("--shapes", default="qwen3-8b,qwen3.5-9b")
-    bench.add_argument("--seq-lens", default="16k,32k,64k,128k", help="comma list; 'k' = x1024")
+    bench.add_argument(
+        "--seq-lens",
+        default=None,
+        help="comma list; 'k' = x1024 (default 16k,32k,64k,128k; cpu-prefill 4k,16k)",
+    )
+    bench.add_argument(
+        "--rounds", type=int, default=3, help="cpu-prefill: interleaved sparse / dense runs per length"
+    )
     bench.add_argument(
         "--densities", default="1.0,0.2,0.1,0.05", help="kernels: kept fractions; ttft: the budgets below 1.0"
     )
