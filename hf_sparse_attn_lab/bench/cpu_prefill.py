@@ -8,16 +8,17 @@ reference ops' (``HF_SPARSE_ATTN_BACKEND=reference``) on a ``check_len``-token p
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from hf_sparse_attn.runtime.modeling import sparse_config_of
 from hf_sparse_attn.runtime.selection import budget_kept_fraction
+
+from .ttft import backend_env
 
 CHECK_TOLERANCE = 1e-4  # relative error of the logits in fp32
 
@@ -36,19 +37,6 @@ class CpuPrefillRow:
     rel_err: float
 
 
-@contextlib.contextmanager
-def _backend(name: str) -> Iterator[None]:
-    saved = os.environ.get("HF_SPARSE_ATTN_BACKEND")
-    os.environ["HF_SPARSE_ATTN_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["HF_SPARSE_ATTN_BACKEND"]
-        else:
-            os.environ["HF_SPARSE_ATTN_BACKEND"] = saved
-
-
 @torch.no_grad()
 def _prefill_s(model, ids: torch.Tensor, attn: str) -> float:
     model.set_attn_implementation(attn)
@@ -61,9 +49,9 @@ def _prefill_s(model, ids: torch.Tensor, attn: str) -> float:
 def check(model, ids: torch.Tensor) -> float:
     """Relative error of the sparse prefill's logits, vectorized CPU ops against the reference ops."""
     model.set_attn_implementation("sparse_prefill")
-    with _backend("reference"):
+    with backend_env("reference"):
         want = model(input_ids=ids).logits.float()
-    with _backend("cpu"):
+    with backend_env("cpu"):
         got = model(input_ids=ids).logits.float()
     return float((got - want).norm() / want.norm())
 
