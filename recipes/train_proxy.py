@@ -24,7 +24,8 @@ for stage in 6 7 8; do  # three repeats of one stage: half of the sparse steps o
       --time-budget 330 --steps 100000
 done  # PREVIOUS: proxy-v5, then stage6, stage7; stage8 is proxy-v6
 
-On a machine whose calls are time-limited, split one schedule over calls:
+On a machine whose calls are time-limited, split one schedule over calls (keep the output directory
+outside a checkout that is re-synced between calls, or resume.pt goes with the sync):
 python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500
 python recipes/train_proxy.py --output-dir proxy-qwen3 --time-budget 1500 --stop-after 500 --resume   # x2
 """
