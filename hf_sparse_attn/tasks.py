@@ -4,7 +4,8 @@ Every generator returns a ``Sample`` (prompt text, the answers, the needle depth
 prompt has about ``length`` tokens under the project tokenizer; ``score`` is RULER's containment
 rule (all answers must appear in the output), compared on token sequences so spacing of digits
 does not matter. Values are 7-digit numbers or word pairs; UUID values are not generated (the
-closed word-level vocabulary has no hex tokens).
+closed word-level vocabulary has no hex tokens). The "essay" haystack is natural text (standard-library
+prose, ``haystack``), read in order from a random sentence on, as RULER reads its essays.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import haystack as text
 from .vocab import pseudo_words
 
 REPEAT_NOISE = (
@@ -56,16 +58,26 @@ class TaskBuilder:
         return f"{self.rng.choice(self.adjs)} {self.rng.choice(self.nouns)}"
 
     def essay_sentence(self) -> str:
-        n = self.rng.randint(6, 14)
-        return " ".join(self.rng.choice(self.words) for _ in range(n)) + " ."
+        return self.rng.choice(text.sentences())
 
     def haystack(self, kind: str, budget: int, needle_maker: Callable[[], str] | None = None) -> list[str]:
-        """Noise sentences totalling about ``budget`` tokens."""
+        """Sentences totalling about ``budget`` tokens: repeated noise, running text, or made needles."""
         sentences, used = [], 0
         if kind == "repeat":
             per = self.n_tokens(REPEAT_NOISE)
             return [REPEAT_NOISE] * -(-budget // per) if budget > 0 else []
-        make = self.essay_sentence if kind == "essay" else needle_maker
+        if kind == "essay":
+            corpus = text.sentences()
+            start = self.rng.randrange(len(corpus))
+            while used < budget:
+                batch = [corpus[(start + len(sentences) + i) % len(corpus)] for i in range(64)]
+                for s, n in zip(batch, self.token_counts(batch), strict=True):
+                    if used >= budget:
+                        break
+                    sentences.append(s)
+                    used += n
+            return sentences
+        make = needle_maker
         while used < budget:
             batch = [make() for _ in range(max(8, (budget - used) // 12))]
             for s, n in zip(batch, self.token_counts(batch), strict=True):
@@ -113,11 +125,22 @@ def niah(
     num_queries: int = 1,
     value_kind: str = "numbers",
     task: str = "niah",
+    repeats: int = 1,
+    decoy_prefix: int = 0,
 ) -> Sample:
-    keys = b.rng.sample(b.nouns, num_keys)
+    """Needles "one of the special magic {value_kind} for KEY is : VALUE ."; the first ``num_queries``
+    keys are asked. Each needle is stated ``repeats`` times; ``decoy_prefix`` > 0 adds a needle for an
+    unasked key whose number shares that many leading digits with the first asked value."""
+    keys = b.rng.sample(b.nouns, num_keys + (decoy_prefix > 0))
     make = b.number if value_kind == "numbers" else b.word_pair
     values = {k: [make() for _ in range(num_values)] for k in keys}
-    needles = [_needle(k, v, value_kind) for k in keys for v in values[k]]
+    if decoy_prefix:
+        value, decoy_key = values[keys[0]][0], keys.pop()
+        values[decoy_key] = [value]
+        while values[decoy_key][0] == value:
+            values[decoy_key] = [value[:decoy_prefix] + b.number()[decoy_prefix:]]
+        keys.append(decoy_key)
+    needles = [_needle(k, v, value_kind) for k in keys for v in values[k] for _ in range(repeats)]
     asked = keys[:num_queries]
     question = (
         f"what are all the special magic {value_kind} for {' and '.join(asked)} mentioned in this text ? "
@@ -208,29 +231,6 @@ TASKS: dict[str, Callable[[TaskBuilder, int], Sample]] = {
 }
 
 
-def niah_prefix_distractor(b: TaskBuilder, length: int) -> Sample:
-    """One asked key; a distractor needle for another key whose value shares its first three digits."""
-    key, other = b.rng.sample(b.nouns, 2)
-    value = b.number()
-    decoy = value[:3] + str(b.rng.randint(0, 9999)).zfill(4)
-    while decoy == value:
-        decoy = value[:3] + str(b.rng.randint(0, 9999)).zfill(4)
-    needles = [_needle(key, value), _needle(other, decoy)]
-    b.rng.shuffle(needles)
-    question = f"what are all the special magic numbers for {key} mentioned in this text ? answer :"
-    return b.assemble("niah_prefix_distractor", length, "essay", needles, question, [value])
-
-
-def niah_repeated_key(b: TaskBuilder, length: int, repeats: int = 3) -> Sample:
-    """The asked key's needle stated ``repeats`` times (same value) at different depths."""
-    key = b.rng.choice(b.nouns)
-    value = b.number()
-    question = f"what are all the special magic numbers for {key} mentioned in this text ? answer :"
-    return b.assemble(
-        "niah_repeated_key", length, "essay", [_needle(key, value)] * repeats, question, [value]
-    )
-
-
 def _variable_tracking_hops(hops: int) -> Callable[[TaskBuilder, int], Sample]:
     return lambda b, n: variable_tracking(b, n, hops=hops, task=f"vt_hops{hops}")
 
@@ -251,8 +251,8 @@ HELD_OUT_TASKS: dict[str, Callable[[TaskBuilder, int], Sample]] = {
     "vt_hops6": _variable_tracking_hops(6),
     "niah_multiquery_2of6": _multiquery(6, 2),
     "niah_multiquery_4of6": _multiquery(6, 4),
-    "niah_prefix_distractor": niah_prefix_distractor,
-    "niah_repeated_key": niah_repeated_key,
+    "niah_prefix_distractor": lambda b, n: niah(b, n, decoy_prefix=3, task="niah_prefix_distractor"),
+    "niah_repeated_key": lambda b, n: niah(b, n, repeats=3, task="niah_repeated_key"),
 }
 
 

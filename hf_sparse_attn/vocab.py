@@ -1,7 +1,8 @@
 """A readable closed word-level vocabulary and a `tokenizers` tokenizer for it.
 
-Pseudo-words are built from consonant-vowel syllables (deterministic, no downloads); digits are
-single tokens (numbers tokenize digit by digit), plus punctuation and special tokens. The
+Pseudo-words are built from consonant-vowel syllables (deterministic, no downloads): the tasks'
+keys and values. Every word of the natural-text haystack (``haystack.words``) follows them; digits
+are single tokens (numbers tokenize digit by digit), plus punctuation and special tokens. The
 tokenizer is a real `tokenizers` WordLevel model saved as ``tokenizer.json`` and loadable with
 ``AutoTokenizer.from_pretrained``.
 """
@@ -90,8 +91,13 @@ def _pseudo_words(n: int) -> tuple[str, ...]:  # every task sample draws from th
 
 
 def vocabulary(num_words: int = 2000) -> list[str]:
+    """Special tokens, punctuation, digits, function words, 200 upper-case names, pseudo-words, text."""
+    from .haystack import words as haystack_words
+
     words = [w for w in pseudo_words(num_words + len(FUNCTION_WORDS)) if w not in FUNCTION_WORDS][:num_words]
-    return SPECIAL + PUNCT + DIGITS + FUNCTION_WORDS + [w.upper() for w in words[:200]] + words
+    base = SPECIAL + PUNCT + DIGITS + FUNCTION_WORDS + [w.upper() for w in words[:200]] + words
+    taken = set(base)
+    return base + [w for w in haystack_words() if w not in taken]
 
 
 def build_tokenizer(num_words: int = 2000):

@@ -37,13 +37,65 @@ from transformers import Qwen3Config
 from hf_sparse_attn.demo import PROXY_DIR
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
 from hf_sparse_attn.runtime.fileio import atomic_write, atomic_write_text
-from hf_sparse_attn.tasks import TASKS, Sample, TaskBuilder, generate
+from hf_sparse_attn.tasks import (
+    TASKS,
+    Sample,
+    TaskBuilder,
+    common_words,
+    frequent_words,
+    generate,
+    niah,
+    qa_retrieval,
+    variable_tracking,
+)
 
 from .sparse_training import ATTENTION_NAME as ORACLE_SPARSE_TRAINING
 from .sparse_training import register as register_oracle_sparse_training
 from .sparse_training import set_training_sparsity
 
-TASK_WEIGHTS = {task: 1.0 for task in TASKS} | {"vt": 1.5, "cwe": 2.0, "fwe": 2.0, "qa": 1.5, "copy": 3.0}
+# Grammar that training draws besides the evaluated forms. The held-out grammar of the eval
+# (``tasks.HELD_OUT_TASKS``: 2, 3, 5 or 6 hops, 2 or 4 of 6 keys asked, a decoy sharing 3 digits, a
+# needle stated 3 times) is never drawn, so those rows measure whether the proxy learned the task.
+VT_HOPS = (1, 4, 7)
+NIAH_REPEATS = (1, 1, 1, 2, 4)
+NIAH_DECOY_PREFIXES = (1, 2, 4, 5, 6)
+HELD_OUT_QUERIES = {(6, 2), (6, 4)}  # (keys, asked)
+
+
+def niah_grammar(rng: random.Random) -> dict:
+    """Keyword arguments of ``tasks.niah`` for one varied training needle task."""
+    num_keys = rng.randint(1, 6)
+    num_queries = rng.randint(1, num_keys)
+    while (num_keys, num_queries) in HELD_OUT_QUERIES:
+        num_queries = rng.randint(1, num_keys)
+    value_kind = rng.choice(["numbers", "numbers", "words"])
+    return {
+        "haystack": rng.choice(["repeat", "essay", "essay", "needle"]),
+        "num_keys": num_keys,
+        "num_values": rng.choice([1, 1, 2, 3, 4]) if num_keys <= 2 else 1,
+        "num_queries": num_queries,
+        "value_kind": value_kind,
+        "repeats": rng.choice(NIAH_REPEATS),
+        "decoy_prefix": rng.choice(NIAH_DECOY_PREFIXES)
+        if value_kind == "numbers" and rng.random() < 0.3
+        else 0,
+    }
+
+
+TRAINING_VARIANTS = {
+    "niah_varied": lambda b, n: niah(b, n, task="niah_varied", **niah_grammar(b.rng)),
+    "vt_varied": lambda b, n: variable_tracking(
+        b, n, hops=b.rng.choice(VT_HOPS), chains=b.rng.choice([1, 1, 2]), task="vt_varied"
+    ),
+    "cwe_varied": lambda b, n: common_words(b, n, top=b.rng.randint(3, 10)),
+    "fwe_varied": lambda b, n: frequent_words(b, n, top=b.rng.randint(2, 5)),
+    "qa_varied": lambda b, n: qa_retrieval(b, n, distractors_per_doc=b.rng.randint(1, 5)),
+}
+TASK_WEIGHTS = (
+    {task: 1.0 for task in TASKS}
+    | {"vt": 1.5, "cwe": 2.0, "fwe": 2.0, "qa": 1.5, "copy": 3.0}
+    | {"niah_varied": 4.0, "vt_varied": 2.0, "cwe_varied": 1.0, "fwe_varied": 1.0, "qa_varied": 1.0}
+)
 
 
 def copy_task(b: TaskBuilder, length: int) -> Sample:
@@ -53,7 +105,7 @@ def copy_task(b: TaskBuilder, length: int) -> Sample:
     training on it from the start is what lets retrieval emerge within minutes instead of stalling
     at the unigram loss.
     """
-    span = [b.rng.choice(b.nouns + b.adjs) for _ in range(b.rng.randint(8, 40))]
+    span = [b.rng.choice(b.words) for _ in range(b.rng.randint(8, 40))]
     return b.assemble(
         "copy", length, "essay", [" ".join(span) + " ."], " ".join(span[:3]), [" ".join(span[3:])]
     )
@@ -62,6 +114,8 @@ def copy_task(b: TaskBuilder, length: int) -> Sample:
 def training_sample(task: str, tokenizer, length: int, seed: int) -> Sample:
     if task == "copy":
         return copy_task(TaskBuilder(tokenizer, seed), length)
+    if task in TRAINING_VARIANTS:
+        return TRAINING_VARIANTS[task](TaskBuilder(tokenizer, seed), length)
     return generate(task, tokenizer, length, seed=seed)
 
 

@@ -92,4 +92,34 @@ def test_prompts_are_pinned(tok):
     for task in sorted(TASKS) + sorted(HELD_OUT_TASKS):
         sample = generate(task, tok, 600, seed=11)
         digest.update((sample.prompt + "|" + "|".join(sample.answers)).encode())
-    assert digest.hexdigest()[:16] == "3b951591d4dcc48e"
+    assert digest.hexdigest()[:16] == "ca944522e4f01eb6"
+
+
+def test_essay_haystack_is_running_standard_library_text_every_word_in_the_vocabulary(tok):
+    from hf_sparse_attn import haystack
+
+    sentences = haystack.sentences()
+    assert len(sentences) > 10_000 and all(s.endswith(" .") for s in sentences)
+    vocab = tok.get_vocab()
+    assert all(w in vocab for w in haystack.words())
+    sample = generate("niah_single_2", tok, 2000, seed=1)
+    start = sample.prompt.split(" . ")[0] + " ."
+    i = sentences.index(start)
+    assert sentences[i + 1] in sample.prompt  # consecutive sentences: text, not shuffled filler
+
+
+def test_haystack_extraction_keeps_prose_and_drops_code_keys_and_rare_words(tmp_path):
+    from hf_sparse_attn_lab.haystack_text import sentences, source_texts
+
+    (tmp_path / "mod.py").write_text(
+        '"""Read the file, then return its lines.\n\n>>> read(path)\nbada kobe appear in the text here."""\n'
+        "# Seek to the start of the buffer before reading.\nx = 1  # f(x) = y[0] * {z}\n"
+    )
+    out = sentences(source_texts(tmp_path), max_words=100)
+    # "file" is a task pseudo-word, "bada kobe" are task keys, ">>>" lines are doctests, "f(x) = ..." is code
+    assert out == [
+        "read the , then return its lines .",
+        "appear in the text here .",
+        "seek to the start of the buffer before reading .",
+    ]
+    assert "to the of the ." in sentences(source_texts(tmp_path), max_words=5)  # rare words dropped

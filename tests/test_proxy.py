@@ -183,3 +183,26 @@ def test_resume_loads_weights_only(tmp_path):
     torch.save({"model": {}, "payload": _Payload()}, tmp_path / "resume.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train_proxy(tmp_path, cfg, device="cpu", num_workers=0, resume=True)
+
+
+def test_training_grammar_never_draws_the_held_out_forms(tok):
+    import random
+
+    from hf_sparse_attn_lab.proxy import HELD_OUT_QUERIES, VT_HOPS, niah_grammar, training_sample
+
+    assert not set(VT_HOPS) & {2, 3, 5, 6}
+    rng = random.Random(0)
+    draws = [niah_grammar(rng) for _ in range(20_000)]
+    assert not {(d["num_keys"], d["num_queries"]) for d in draws} & HELD_OUT_QUERIES
+    assert {d["repeats"] for d in draws} == {1, 2, 4} and {d["decoy_prefix"] for d in draws} == {
+        0,
+        1,
+        2,
+        4,
+        5,
+        6,
+    }
+    assert {(d["num_keys"], d["num_queries"]) for d in draws} >= {(6, 1), (6, 3), (6, 5), (6, 6), (5, 2)}
+    for seed in range(6):
+        sample = training_sample("vt_varied", tok, 600, seed=seed)
+        assert len(sample.answers) - 1 in VT_HOPS
