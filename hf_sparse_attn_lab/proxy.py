@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,11 +139,57 @@ def proxy_config(tokenizer, max_position_embeddings: int = 65536) -> Qwen3Config
     )
 
 
-def answer_text(sample: Sample) -> str:
-    """The target completion: answers in the order they first occur in the prompt, then ``.``.
+COUNTED_TASKS = {"cwe", "fwe"}  # answers are the words a list holds most often
 
-    A fixed order makes the target a function of the prompt (the scorer itself is order-free).
+
+def warm_start(init_dir: str | os.PathLike, tokenizer, attn_implementation: str = "sdpa"):
+    """fp32 weights of a trained proxy directory, embeddings grown to ``tokenizer``'s vocabulary.
+
+    The vocabulary only ever grows at its end (``vocab.vocabulary``), so a proxy trained before words
+    were added keeps every token id: its embedding rows carry over and the added words start drawn
+    from each dimension's mean and spread over the trained rows. A directory whose ids differ
+    raises rather than continue on shuffled rows.
     """
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(init_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --init-from takes a trained proxy directory")
+    old = PreTrainedTokenizerFast(tokenizer_file=str(path)).get_vocab()
+    new = tokenizer.get_vocab()
+    moved = sorted((w for w, i in old.items() if new.get(w) != i), key=old.get)
+    if moved:
+        raise ValueError(
+            f"{path}: {len(moved)} of its {len(old)} tokens have other ids (or none) in the current "
+            f"vocabulary, e.g. {moved[:5]}; its weights cannot be continued: train from scratch "
+            "(drop --init-from)"
+        )
+    config = proxy_config(tokenizer)
+    config.vocab_size = len(old)
+    model = AutoModelForCausalLM.from_pretrained(  # the proxy config: no auto_map of a rendered repo
+        init_dir, config=config, dtype=torch.float32, attn_implementation=attn_implementation
+    )
+    if len(tokenizer) > len(old):
+        rows = model.get_input_embeddings().weight.detach()
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        added = model.get_input_embeddings().weight.data[len(old) :]
+        added.copy_(rows.mean(0) + rows.std(0) * torch.randn_like(added))  # each dimension's spread
+    return model
+
+
+def answer_text(sample: Sample) -> str:
+    """The target completion: the answers in an order the model can compute, then ``.``.
+
+    Retrieval answers come in the order they first occur in the prompt, a function of the prompt.
+    Counted answers (common / frequent words) come most frequent first, ties in an order drawn from
+    the prompt's hash: which of ten equally common words occurs first is not something attention
+    that tallies words can see, and a first-occurrence target made the bundled proxy fail common
+    words at every length. The scorer itself is order-free.
+    """
+    if sample.task in COUNTED_TASKS:
+        counts = Counter(sample.prompt.split())
+        order = random.Random(sample.prompt).sample(sample.answers, len(sample.answers))
+        return " " + " , ".join(sorted(order, key=lambda w: -counts[w])) + " ."
 
     def first(answer: str) -> int:
         pos = sample.prompt.find(answer)
@@ -326,9 +373,7 @@ def train_proxy(
         register_oracle_sparse_training()
         attn = ORACLE_SPARSE_TRAINING
     if config.init_from:
-        model = AutoModelForCausalLM.from_pretrained(  # the proxy config: no auto_map of a rendered repo
-            config.init_from, config=proxy_config(tok), dtype=torch.float32, attn_implementation=attn
-        ).to(device)
+        model = warm_start(config.init_from, tok, attn).to(device)
     else:
         model = AutoModelForCausalLM.from_config(proxy_config(tok), attn_implementation=attn).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

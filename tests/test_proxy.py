@@ -23,6 +23,7 @@ from hf_sparse_attn_lab.proxy import (
     load_proxy,
     proxy_loss,
     train_proxy,
+    warm_start,
 )
 
 
@@ -37,6 +38,48 @@ def test_answer_text_orders_answers_by_first_occurrence(tok):
     positions = [sample.prompt.find(a) for a in text.strip(" .").split(" , ")]
     assert positions == sorted(positions) and min(positions) >= 0
     assert sorted(text.strip(" .").split(" , ")) == sorted(sample.answers)
+
+
+def test_counted_answers_come_most_frequent_first_in_a_prompt_seeded_order(tok):
+    from collections import Counter
+
+    fwe = generate("fwe", tok, 1500, seed=2)
+    counts = Counter(fwe.prompt.split())
+    words = answer_text(fwe).strip(" .").split(" , ")
+    assert sorted(words) == sorted(fwe.answers) and [counts[w] for w in words] == sorted(
+        (counts[w] for w in words), reverse=True
+    )
+    cwe = [generate("cwe", tok, 1200, seed=s) for s in range(6)]
+    orders = [answer_text(s).strip(" .").split(" , ") for s in cwe]
+    assert all(sorted(o) == sorted(s.answers) for o, s in zip(orders, cwe, strict=True))
+    assert [answer_text(s) for s in cwe] == [answer_text(s) for s in cwe]  # a function of the prompt
+    firsts = [sorted(s.answers, key=s.prompt.find) for s in cwe]
+    assert sum(o == f for o, f in zip(orders, firsts, strict=True)) < len(cwe)  # not first-occurrence
+
+
+def test_warm_start_keeps_the_trained_rows_and_draws_the_added_words(tok):
+    from safetensors.torch import load_file
+
+    model = warm_start(PROXY_DIR, tok)
+    trained = load_file(str(PROXY_DIR / "model.safetensors"))["model.embed_tokens.weight"].float()
+    emb = model.get_input_embeddings().weight
+    assert emb.shape[0] == len(tok) > trained.shape[0] and model.config.vocab_size == len(tok)
+    assert torch.equal(emb[: len(trained)], trained)
+    assert model.lm_head.weight.data_ptr() == emb.data_ptr()  # still tied
+    added = emb[len(trained) :]
+    assert added.std(0).mean() > 0.5 * trained.std(0).mean()  # distinct words, not one mean row
+
+
+def test_warm_start_refuses_a_proxy_whose_token_ids_moved(tok, tmp_path):
+    vocab = json.loads((PROXY_DIR / "tokenizer.json").read_text())
+    model_vocab = vocab["model"]["vocab"]
+    a, b = sorted(model_vocab, key=model_vocab.get)[100:102]
+    model_vocab[a], model_vocab[b] = model_vocab[b], model_vocab[a]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match="other ids.*drop --init-from"):
+        warm_start(tmp_path, tok)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        warm_start(tmp_path / "missing", tok)
 
 
 def test_encode_example_labels_only_the_answer_and_eos(tok):
