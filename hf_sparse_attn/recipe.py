@@ -171,9 +171,30 @@ def _dataset(args: argparse.Namespace, model, tokenizer):
     return PackedDataset(texts, tokenizer, args.seq_len, args.num_sequences)
 
 
-def run(args: argparse.Namespace, family: str) -> dict:
+def training_arguments(args: argparse.Namespace):
+    """The Trainer's arguments; a run shorter than the logging interval still logs its last step."""
     from transformers import TrainingArguments
 
+    return TrainingArguments(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(20, args.max_steps // 10),
+        logging_steps=min(args.logging_steps, args.max_steps),  # the summary needs a logged loss
+        save_steps=args.save_steps,
+        report_to=args.report_to,
+        bf16=torch.cuda.is_available(),
+        use_cpu=args.smoke or not torch.cuda.is_available(),
+        seed=args.seed,
+        dataloader_num_workers=0,
+        save_total_limit=3,
+    )
+
+
+def run(args: argparse.Namespace, family: str) -> dict:
     from .distill import IndexerDistillationTrainer
     from .runtime.modeling import indexer_state_dict, load_indexer
 
@@ -190,23 +211,7 @@ def run(args: argparse.Namespace, family: str) -> dict:
         dense_tail_blocks=args.dense_tail_blocks,
     )
     train_dataset = _dataset(args, model, tokenizer)
-    training_args = TrainingArguments(
-        output_dir=args.output_dir,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=min(20, args.max_steps // 10),
-        logging_steps=args.logging_steps,
-        save_steps=args.save_steps,
-        report_to=args.report_to,
-        bf16=torch.cuda.is_available(),
-        use_cpu=args.smoke or not torch.cuda.is_available(),
-        seed=args.seed,
-        dataloader_num_workers=0,
-        save_total_limit=3,
-    )
+    training_args = training_arguments(args)
     trainer = IndexerDistillationTrainer(
         model=model,
         args=training_args,
