@@ -17,12 +17,28 @@ def temp_path_beside(path: str | os.PathLike) -> str:
     return tmp
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    The result has the permissions a plain ``open(path, "w")`` would give it (the file's own if it
+    existed, else 0o666 less the umask), not the temp file's owner-only 0o600, which would leave a
+    rendered repo or a results file unreadable to the other users of a shared folder.
+    """
     path = Path(path)
     tmp = temp_path_beside(path)
     try:
         write(tmp)
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
