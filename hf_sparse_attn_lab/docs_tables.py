@@ -14,9 +14,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEED = "results/speed_h200"
-QUALITY = "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"
+PROXY = "results/proxy_v7"
+QUALITY = [f"{PROXY}/eval_gpu_4k_100/eval.json", f"{PROXY}/eval_gpu_4k_100_baselines/eval.json"]
 QUALITY_LENGTHS = [
-    (f"{n} tokens: macro (vs dense, paired)", f"results/eval_gpu_110/{n}/eval.json")
+    (f"{n} tokens: macro (vs dense, paired)", f"{PROXY}/eval_gpu/eval.json", n) for n in (4096, 8192, 16384)
+]
+QUALITY_HELDOUT = [
+    (f"{n} tokens: macro (vs dense, paired)", f"{PROXY}/heldout_gpu/eval.json", n)
     for n in (4096, 8192, 16384)
 ]
 _SPAN = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
@@ -90,43 +94,53 @@ def ttft_table() -> str:
 
 
 def quality_table() -> str:
-    """Macro accuracy of each selection method on the bundled proxy at 4096 tokens, with 95% CIs."""
+    """Each selection method on the bundled proxy at 4096 tokens: macro ± 95% CI, paired vs dense."""
     from .eval.runner import macro
 
-    rows = [r for r in _load(QUALITY)["rows"] if r["length"] == 4096]
+    rows = [r for path in QUALITY for r in _load(path)["rows"] if r["length"] == 4096]
     lines = [
-        "| method | macro accuracy, 95% CI | kept blocks | prompts per task |",
-        "|---|---|---|---|",
+        "| method | macro accuracy, 95% CI | vs dense, paired | kept blocks | prompts per task |",
+        "|---|---|---|---|---|",
     ]
     for (label, _), s in sorted(macro(rows).items(), key=lambda kv: -kv[1]["accuracy"]):
         prompts = min(r["samples"] for r in rows if r["label"] == label)
+        paired = (
+            "-" if s["vs_dense"] is None else f"{100 * s['vs_dense'][0]:+.1f} ± {100 * s['vs_dense'][1]:.1f}"
+        )
         lines.append(
-            f"| {label} | {100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f} | {s['density'] or 1.0:.3f} | {prompts} |"
+            f"| {label} | {100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f} | {paired} | "
+            f"{s['density'] or 1.0:.3f} | {prompts} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _paired_cell(s: dict) -> str:
+    text = f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f}"
+    if s["vs_dense"] is not None:
+        diff, half = s["vs_dense"]
+        text += f" ({100 * diff:+.1f} ± {100 * half:.1f})"
+    return text
 
 
 def quality_lengths_table() -> str:
     """Each method at 1x, 2x and 4x the indexer's training length on the same 110 prompts per length:
     macro ± 95% CI, and the paired difference to dense ± its 95% half-width."""
-
-    def cell(s: dict) -> str:
-        text = f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f}"
-        if s["vs_dense"] is not None:
-            diff, half = s["vs_dense"]
-            text += f" ({100 * diff:+.1f} ± {100 * half:.1f})"
-        return text
-
-    return _method_grid(QUALITY_LENGTHS, cell)
+    return _method_grid(QUALITY_LENGTHS, _paired_cell)
 
 
-def _method_grid(runs: list[tuple[str, str]], cell: Callable[[dict], str]) -> str:
-    """One row per method, one column per (title, eval JSON) run of a single length: ``cell`` of the
-    method's macro summary in that run, empty where the run lacks the method."""
+def quality_heldout_table() -> str:
+    """The same cells on the held-out grammar: task variants the proxy's training never produced."""
+    return _method_grid(QUALITY_HELDOUT, _paired_cell)
+
+
+def _method_grid(runs: list[tuple[str, str, int | None]], cell: Callable[[dict], str]) -> str:
+    """One row per method, one column per (title, eval JSON, length or None for the run's only one):
+    ``cell`` of the method's macro summary there, empty where the run lacks the method."""
     from .eval.runner import macro
 
     columns = [
-        (title, {label: s for (label, _), s in macro(_load(path)["rows"]).items()}) for title, path in runs
+        (title, {label: s for (label, n), s in macro(_load(path)["rows"]).items() if length in (None, n)})
+        for title, path, length in runs
     ]
     labels = list(dict.fromkeys(label for _, summary in columns for label in summary))
     lines = ["| method | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -162,16 +176,16 @@ def profile_table() -> str:
 
 
 PROXY_GRID = [
-    ("4096 tokens, 100 prompts", "results/proxy_v6_g2/eval_gpu_4k_100/eval.json"),
-    ("4096, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_token_oracle/eval.json"),
-    ("4096 with a dense last block, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_tail/eval.json"),
-    ("8192, 20 prompts", "results/proxy_v6_g2/eval_gpu_8k/eval.json"),
-    ("16384, 10 prompts", "results/proxy_v6_g2/eval_gpu_16k/eval.json"),
+    ("4096 tokens, 100 prompts", "results/proxy_v6_g2/eval_gpu_4k_100/eval.json", None),
+    ("4096, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_token_oracle/eval.json", None),
+    ("4096 with a dense last block, 40 prompts", "results/proxy_v6_g2/eval_gpu_4k_tail/eval.json", None),
+    ("8192, 20 prompts", "results/proxy_v6_g2/eval_gpu_8k/eval.json", None),
+    ("16384, 10 prompts", "results/proxy_v6_g2/eval_gpu_16k/eval.json", None),
 ]
 
 
 def proxy_grid_table() -> str:
-    """Every method of the bundled proxy's evaluations, one column per run: macro ± 95% (kept)."""
+    """Every method of the previous proxy's (v6) evaluations, one column per run: macro ± 95% (kept)."""
     return _method_grid(
         PROXY_GRID,
         lambda s: f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f} ({s['density'] or 1.0:.3f})",
@@ -184,6 +198,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "ttft-128k": ttft_table,
     "quality-4k": quality_table,
     "quality-lengths": quality_lengths_table,
+    "quality-heldout": quality_heldout_table,
     "profile-128k": profile_table,
 }
 

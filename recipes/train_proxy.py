@@ -3,8 +3,9 @@
 python recipes/train_proxy.py --output-dir proxy-qwen3                  # on a GPU (~8 min on an H100)
 python recipes/train_proxy.py --smoke                                   # CPU check of the loop
 
-Sparse-aware continuation of a trained proxy; the bundled proxy is the dense-only run (proxy-v2) plus
-these eight continuations (the first two on an H200, the others on an H100):
+Sparse-aware continuation of a trained proxy; proxy v6 is the dense-only run (proxy-v2) plus these
+eight continuations (the first two on an H200, the others on an H100; all of them ran on the filler
+haystack that the standard-library prose has replaced, so rerun today they give another v6):
 python recipes/train_proxy.py --output-dir stage1 --init-from proxy-v2 --sparse-fraction 0.5 \
     --train-len 8192 --min-len 1024 --learning-rate 4e-4 --warmup-steps 50 --time-budget 320 --steps 100000
 python recipes/train_proxy.py --output-dir proxy-v3 --init-from stage1 --sparse-fraction 0.75 \
@@ -23,6 +24,13 @@ for stage in 6 7 8; do  # three repeats of one stage: half of the sparse steps o
       --sparse-random-share 0.5 $W --train-len 8192 --min-len 4096 --learning-rate 1e-4 --warmup-steps 30 \
       --time-budget 330 --steps 100000
 done  # PREVIOUS: proxy-v5, then stage6, stage7; stage8 is proxy-v6
+
+The bundled proxy v7 is v6 continued on the standard-library prose haystack and the varied grammar, to
+16384 tokens, on an H200 (--init-from grows v6's vocabulary to the current one; then distill_proxy.py):
+python recipes/train_proxy.py --output-dir proxy-v7 --init-from proxy-v6 --train-len 16384 --min-len 2048 \
+    --sparse-fraction 0.5 --sparse-random-share 0.5 --sparse-block-size 32 --sparse-dense-tail-blocks 0 \
+    --learning-rate 3e-4 --warmup-steps 50 --prompt-loss-weight 0.25 --time-budget 1000 --steps 1000000 \
+    --workers 14 $W --task-weight cwe=3
 
 On a machine whose calls are time-limited, split one schedule over calls (keep the output directory
 outside a checkout that is re-synced between calls, or resume.pt goes with the sync):
@@ -45,7 +53,11 @@ def main() -> None:
     p.add_argument("--train-len", type=int, default=ProxyTrainingConfig.train_len)
     p.add_argument("--min-len", type=int, default=ProxyTrainingConfig.min_len)
     p.add_argument("--warmup-steps", type=int, default=ProxyTrainingConfig.warmup_steps)
-    p.add_argument("--init-from", default=None, help="continue from a trained proxy directory's weights")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="continue from a trained proxy directory's weights (its vocabulary may be a prefix of the current one)",
+    )
     p.add_argument(
         "--sparse-fraction",
         type=float,

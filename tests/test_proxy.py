@@ -57,13 +57,31 @@ def test_counted_answers_come_most_frequent_first_in_a_prompt_seeded_order(tok):
     assert sum(o == f for o, f in zip(orders, firsts, strict=True)) < len(cwe)  # not first-occurrence
 
 
-def test_warm_start_keeps_the_trained_rows_and_draws_the_added_words(tok):
+@pytest.fixture(scope="module")
+def small_vocab_proxy(tok, tmp_path_factory):
+    """A proxy trained before the vocabulary grew: the current tokenizer's first 2272 tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_sparse_attn_lab.proxy import proxy_config
+
+    out = tmp_path_factory.mktemp("small_vocab")
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    spec["model"]["vocab"] = {w: i for w, i in spec["model"]["vocab"].items() if i < 2272}
+    (out / "tokenizer.json").write_text(json.dumps(spec))
+    config = proxy_config(tok)
+    config.vocab_size = 2272
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    return out
+
+
+def test_warm_start_keeps_the_trained_rows_and_draws_the_added_words(tok, small_vocab_proxy):
     from safetensors.torch import load_file
 
-    model = warm_start(PROXY_DIR, tok)
-    trained = load_file(str(PROXY_DIR / "model.safetensors"))["model.embed_tokens.weight"].float()
+    model = warm_start(small_vocab_proxy, tok)
+    trained = load_file(str(small_vocab_proxy / "model.safetensors"))["model.embed_tokens.weight"]
     emb = model.get_input_embeddings().weight
-    assert emb.shape[0] == len(tok) > trained.shape[0] and model.config.vocab_size == len(tok)
+    assert emb.shape[0] == len(tok) > trained.shape[0] == 2272 and model.config.vocab_size == len(tok)
     assert torch.equal(emb[: len(trained)], trained)
     assert model.lm_head.weight.data_ptr() == emb.data_ptr()  # still tied
     added = emb[len(trained) :]
@@ -165,7 +183,7 @@ def test_bundled_proxy_is_a_small_bf16_hub_repo_with_its_indexer():
     with safe_open(str(PROXY_DIR / "model.safetensors"), "pt") as f:
         assert all(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
     summary = json.loads((PROXY_DIR / "training_summary.json").read_text())
-    assert summary["config"]["train_len"] == 8192 and summary["config"]["sparse_fraction"] > 0
+    assert summary["config"]["train_len"] == 16384 and summary["config"]["sparse_fraction"] > 0
 
 
 ROOT = Path(__file__).resolve().parents[1]
