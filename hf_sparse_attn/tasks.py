@@ -66,20 +66,18 @@ class TaskBuilder:
         if kind == "repeat":
             per = self.n_tokens(REPEAT_NOISE)
             return [REPEAT_NOISE] * -(-budget // per) if budget > 0 else []
-        if kind == "essay":
-            corpus = text.sentences()
-            start = self.rng.randrange(len(corpus))
-            while used < budget:
-                batch = [corpus[(start + len(sentences) + i) % len(corpus)] for i in range(64)]
-                for s, n in zip(batch, self.token_counts(batch), strict=True):
-                    if used >= budget:
-                        break
-                    sentences.append(s)
-                    used += n
-            return sentences
-        make = needle_maker
+        if kind == "essay":  # running text from a random sentence on
+            corpus, start = text.sentences(), self.rng.randrange(len(text.sentences()))
+
+            def next_batch() -> list[str]:
+                return [corpus[(start + len(sentences) + i) % len(corpus)] for i in range(64)]
+        else:
+
+            def next_batch() -> list[str]:
+                return [needle_maker() for _ in range(max(8, (budget - used) // 12))]
+
         while used < budget:
-            batch = [make() for _ in range(max(8, (budget - used) // 12))]
+            batch = next_batch()
             for s, n in zip(batch, self.token_counts(batch), strict=True):
                 if used >= budget:
                     break
