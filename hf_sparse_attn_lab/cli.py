@@ -260,6 +260,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count (prompts, batch rows, runs): a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
+def _shares(text: str, flag: str) -> list[float]:
+    """A comma list of budgets in (0, 1], checked before any model is loaded or row is run."""
+    values = _floats(text)
+    bad = [v for v in values if not 0 < v <= 1]
+    if bad:
+        raise ValueError(f"{flag} takes shares of the blocks in (0, 1], got {bad}")
+    return values
+
+
 def _task_list(text: str) -> list[str] | None:
     """``--tasks``: "all" (the trained tasks: None), "heldout" (the held-out grammar variants) or a comma list."""
     from hf_sparse_attn.tasks import HELD_OUT_TASKS
@@ -292,6 +312,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--matched-topk needs at least one adaptive method in --methods: {', '.join(ADAPTIVE)}"
         )
+    densities, top_ps = _shares(args.densities, "--densities"), _shares(args.top_ps, "--top-ps")
+    lengths = _ints(args.lengths)
+    if min(lengths) < 1:
+        raise ValueError(f"--lengths takes prompt lengths in tokens >= 1, got {args.lengths!r}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_dir = args.model or str(PROXY_DIR)
     model, tok = load_proxy(model_dir, device)
@@ -300,21 +324,21 @@ def _eval(args: argparse.Namespace) -> int:
         update_sparse_config(model, **overrides)
     heads = None
     if "retrieval_heads" in names:
-        prompts = calibration_prompts(tok, min(_ints(args.lengths)))
+        prompts = calibration_prompts(tok, min(lengths))
         heads, mass = find_retrieval_heads(model, prompts, args.retrieval_heads)
         print(f"retrieval heads ([layer, kv head], most long-range mass on {len(prompts)} prompts): {heads}")
         print("long-range mass per layer x kv head:", [[round(float(x), 3) for x in row] for row in mass])
     methods = build_methods(
         args.methods.split(","),
-        _floats(args.densities),
-        _floats(args.top_ps),
+        densities,
+        top_ps,
         layer_top_p=args.layer_top_p,
         block_sizes=_ints(args.block_sizes) if args.block_sizes else None,
         retrieval_heads=heads,
         horizontal_threshold=args.horizontal_threshold,
     )
     tasks = _task_list(args.tasks)
-    rows = evaluate(model, tok, methods, _ints(args.lengths), tasks, args.samples, args.batch_size)
+    rows = evaluate(model, tok, methods, lengths, tasks, args.samples, args.batch_size)
     if args.matched_topk:
         rows += evaluate_matched_topk(model, tok, rows, tasks, args.samples, args.batch_size)
     meta = {
@@ -471,8 +495,8 @@ def add_commands(sub) -> None:
         help="all (the tasks the proxy trains on), heldout (grammar variants training never produces: "
         "other hop counts, k-of-n queries, prefix-sharing distractors, repeated keys) or a comma list",
     )
-    ev.add_argument("--samples", type=int, default=20, help="prompts per (task, length)")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--samples", type=_at_least_one, default=20, help="prompts per (task, length)")
+    ev.add_argument("--batch-size", type=_at_least_one, default=16)
     ev.add_argument("--device", default=None)
     ev.add_argument("--out", default="results/eval")
     ev.set_defaults(func=_eval)
@@ -484,7 +508,7 @@ def add_commands(sub) -> None:
         "--model", default=None, help="model directory with indexer (default: the bundled proxy)"
     )
     agree.add_argument("--length", type=int, default=4096, help="calibration prompt length in tokens")
-    agree.add_argument("--per-task", type=int, default=1, help="calibration prompts per task")
+    agree.add_argument("--per-task", type=_at_least_one, default=1, help="calibration prompts per task")
     agree.add_argument("--groups", default="16,8", help="comma list of quantization group sizes")
     agree.add_argument("--device", default=None)
     agree.add_argument("--out", default="results/kcache")
@@ -505,7 +529,10 @@ def add_commands(sub) -> None:
         help="comma list; 'k' = x1024 (default 16k,32k,64k,128k; cpu-prefill 4k,16k)",
     )
     bench.add_argument(
-        "--rounds", type=int, default=3, help="cpu-prefill: interleaved sparse / dense runs per length"
+        "--rounds",
+        type=_at_least_one,
+        default=3,
+        help="cpu-prefill: interleaved sparse / dense runs per length",
     )
     bench.add_argument(
         "--densities", default="1.0,0.2,0.1,0.05", help="kernels: kept fractions; ttft: the budgets below 1.0"

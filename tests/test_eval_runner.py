@@ -347,3 +347,26 @@ def test_eval_runs_the_sparse_path_even_where_dense_would_be_faster(monkeypatch,
     rows = evaluate(tiny, tok, build_methods(["indexer"], [0.9], []), [256], ["niah_single_1"], 1, 1, False)
     assert rows[0]["density"] is not None and rows[0]["density"] > 0.9
     assert attention.DENSE_WHEN_FASTER is True
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--samples", "0"], "argument --samples: must be a whole number >= 1, got '0'"),
+        (["--batch-size", "0"], "argument --batch-size: must be a whole number >= 1"),
+        (["--densities", "0.1,1.5"], "--densities takes shares of the blocks in (0, 1], got [1.5]"),
+        (["--top-ps", "0"], "--top-ps takes shares of the blocks in (0, 1], got [0.0]"),
+    ],
+)
+def test_eval_cli_refuses_bad_counts_and_budgets_before_loading_a_model(flags, message, monkeypatch, capsys):
+    """--samples 0 raised ZeroDivisionError, --batch-size 0 a bare range() error, --densities 1.5 only
+    after the dense rows had run: each now fails at once, naming the flag."""
+    import hf_sparse_attn_lab.proxy as proxy
+    from hf_sparse_attn_cli import main
+
+    monkeypatch.setattr(proxy, "load_proxy", lambda *a, **k: pytest.fail("loaded a model"))
+    try:
+        code = main(["eval", *flags])
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    assert code == 2 and message in capsys.readouterr().err
