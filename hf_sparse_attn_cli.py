@@ -71,6 +71,17 @@ def _batch_lengths(text: str) -> list[tuple[int, int]]:
     return [(int(b), _ints(n)[0]) for b, n in (c.split("x") for c in text.split(",") if c)]
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count (prompts, batch rows, runs): a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",")]

@@ -247,9 +247,30 @@ def run(args: argparse.Namespace, family: str) -> dict:
     return summary
 
 
+COUNTS = ("seq_len", "max_steps", "batch_size", "grad_accum", "save_steps", "logging_steps")
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse what would fail only after the model is loaded: counts below 1, a missing local --model."""
+    for name in COUNTS:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    model = args.model
+    looks_local = (
+        model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+    )
+    if not args.smoke and looks_local and not os.path.isdir(os.path.expanduser(model)):
+        parser.error(
+            f"--model {model}: no such directory; pass a local model directory or a Hub repo id such as "
+            f"{FAMILIES['qwen3']['model']}"
+        )
+
+
 def main(family: str, argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Run the recipe; ``prog`` names the command in ``--help`` and errors (default: the script's name)."""
-    args = build_parser(family, prog).parse_args(argv)
+    parser = build_parser(family, prog)
+    args = parser.parse_args(argv)
+    _check(parser, args)
     summary = run(args, family)
     print(json.dumps(summary, indent=2))
     return summary

@@ -10,7 +10,7 @@ import argparse
 import itertools
 import json
 
-from hf_sparse_attn_cli import _batch_lengths, _floats, _ints
+from hf_sparse_attn_cli import _at_least_one, _batch_lengths, _floats, _ints
 
 NOT_SETTABLE = {
     "selector": "each method sets it (--methods)",
@@ -258,17 +258,6 @@ def _bench(args: argparse.Namespace) -> int:
         )
     print("wrote", ", ".join(paths.values()))
     return 0
-
-
-def _at_least_one(text: str) -> int:
-    """argparse type of a count (prompts, batch rows, runs): a whole number >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return n
 
 
 def _shares(text: str, flag: str) -> list[float]:

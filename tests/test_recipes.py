@@ -90,3 +90,22 @@ def test_a_run_shorter_than_the_logging_interval_still_logs_a_loss():
 
     args = build_parser("qwen3").parse_args(["--model", "x", "--max-steps", "2", "--logging-steps", "25"])
     assert training_arguments(args).logging_steps == 2  # was 25: the summary's losses[0] raised
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "/no/such/model", "--tasks"], "--model /no/such/model: no such directory"),
+        (["--model", "./missing", "--tasks"], "--model ./missing: no such directory"),
+        (["--tasks", "--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+        (["--tasks", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ],
+)
+def test_recipe_refuses_a_missing_model_dir_and_zero_counts_before_loading(argv, message, capsys):
+    """A missing local --model used to reach the Hub client ("Repo id must use alphanumeric chars"),
+    and a zero count reached the Trainer."""
+    from hf_sparse_attn.recipe import main
+
+    with pytest.raises(SystemExit) as exit:
+        main("qwen3", argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
