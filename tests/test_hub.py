@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from hf_sparse_attn import SparseAttentionConfig, attach_indexer, load_indexer, 
 from hf_sparse_attn.hub.bundle import MODELING_FILE, render_modeling_file
 from hf_sparse_attn.hub.kernel_repo import build_kernel_repo
 from hf_sparse_attn.hub.publish import render_repo
+from hf_sparse_attn.runtime.fileio import _umask
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSE = SparseAttentionConfig(block_size=16, top_k=3, min_sparse_len=16)
@@ -459,3 +461,39 @@ def test_interrupted_kernel_build_leaves_the_previous_build_whole(tmp_path, monk
     assert sorted(p.name for p in (repo / "build").iterdir()) == ["torch-universal"]  # no staging left
     build_kernel_repo(tmp_path / "kr")
     assert files() == before
+
+
+def test_a_failed_render_leaves_the_previous_render_whole_and_a_fresh_out_absent(hub, tmp_path, monkeypatch):
+    """Each file was atomic but the render was not: a failure part-way left the new indexer beside the
+    old config, README and manifest, which `push` would upload as one repo."""
+    import hf_sparse_attn.hub.publish as publish
+
+    args = ("test-org/tiny-base",)
+    out = render_repo(tmp_path / "out", hub["tmp"] / "indexer", *args, model_dir=hub["tmp"] / "base")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    changed = tmp_path / "indexer2"
+    shutil.copytree(hub["tmp"] / "indexer", changed)
+    config = json.loads((changed / "sparse_config.json").read_text())
+    (changed / "sparse_config.json").write_text(json.dumps({**config, "top_k": 5}))
+
+    def fail(_out):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish, "write_modeling_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        render_repo(out, changed, *args, model_dir=hub["tmp"] / "base")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(OSError, match="disk full"):
+        render_repo(tmp_path / "fresh", changed, *args, model_dir=hub["tmp"] / "base")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["indexer2", "out"]  # no staging folder left
+    monkeypatch.undo()
+    render_repo(out, changed, *args, model_dir=hub["tmp"] / "base")
+    assert json.loads((out / "config.json").read_text())["sparse_attention"]["top_k"] == 5
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()  # not a temp folder's 0o700
+
+
+def test_publish_names_a_missing_full_checkpoint(hub, tmp_path):
+    with pytest.raises(ValueError, match="--full .*missing: no such directory"):
+        render_repo(
+            tmp_path / "o", hub["tmp"] / "indexer", "test-org/tiny-base", model_dir=tmp_path / "missing"
+        )

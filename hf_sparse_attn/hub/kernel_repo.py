@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import hf_sparse_attn
-from hf_sparse_attn.runtime.fileio import atomic_write_text
+from hf_sparse_attn.runtime.fileio import atomic_write_dir, atomic_write_text
 
 OPS_DIR = Path(hf_sparse_attn.__file__).parent / "ops"
 KERNEL_NAME = "sparse-prefill-kernels"
@@ -42,21 +40,7 @@ def build_kernel_repo(out_dir: str | Path, version: int = KERNEL_VERSION) -> Pat
     The variant is written to a staging folder beside it and swapped in whole, so an interrupted build
     leaves the previous one, never a mix of old and new files."""
     out = Path(out_dir)
-    final = out / "build" / VARIANT
-    variant = final.with_name(f".{VARIANT}.staging-{os.getpid()}")
-    if variant.exists():
-        shutil.rmtree(variant)
-    try:
-        _write_variant(variant, version)
-    except BaseException:
-        shutil.rmtree(variant, ignore_errors=True)
-        raise
-    previous = final.with_name(f".{VARIANT}.previous-{os.getpid()}")
-    if final.exists():
-        os.replace(final, previous)
-    os.replace(variant, final)
-    if previous.exists():
-        shutil.rmtree(previous)
+    atomic_write_dir(out / "build" / VARIANT, lambda variant: _write_variant(variant, version))
     atomic_write_text(
         out / "README.md",
         f"---\nlicense: apache-2.0\ntags:\n- kernels\n- sparse-attention\n---\n\n# {KERNEL_NAME} v{version}\n\n"

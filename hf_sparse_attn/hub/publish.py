@@ -17,7 +17,7 @@ from string import Template
 import hf_sparse_attn
 
 from ..runtime.config import CONFIG_NAME, SparseAttentionConfig
-from ..runtime.fileio import atomic_write, atomic_write_text
+from ..runtime.fileio import atomic_write, atomic_write_dir, atomic_write_text
 from ..runtime.modeling import REPO_ID, WEIGHTS_NAME
 from ..runtime.remote_model import COMMIT, kernel_file_hashes
 from .bundle import MODELING_FILE, write_modeling_file
@@ -147,8 +147,9 @@ def render_repo(
     with_modeling_file: bool = True,
 ) -> Path:
     """Render the repo folder. ``base_revision`` must be a commit sha for an indexer-only repo (see
-    ``resolve_revision``); files are written through temp files and listed in a manifest that
-    ``push`` uploads exactly."""
+    ``resolve_revision``); the files are listed in a manifest that ``push`` uploads exactly. The
+    folder is rendered beside ``out_dir`` and swapped in whole: a render that fails part-way leaves
+    the previous render (or nothing), never new weights beside an old config and manifest."""
     from transformers import AutoConfig
 
     out, indexer_dir = Path(out_dir), Path(indexer_dir)
@@ -162,86 +163,97 @@ def render_repo(
             f"base revision {base_revision!r} of {base_model} is not a 40-hex commit sha: an indexer-only repo must "
             "pin the exact base weights (hf-sparse-attn publish resolves --base-revision to a commit)"
         )
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise ValueError(
+            f"--full {model_dir}: no such directory; pass the local checkpoint whose weights to ship"
+        )
     sparse = SparseAttentionConfig.from_pretrained(indexer_dir)
     inputs = [indexer_dir] + ([Path(model_dir)] if model_dir is not None else [])
     check_out_dir(out, inputs)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
+    final = out
 
-    def copy(src: Path, name: str) -> None:
-        _copy_file(src, out / name)
-        written.append(name)
+    def render(out: Path) -> None:  # a staging folder, swapped in whole once every file is written
+        written: list[str] = []
 
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        copy(indexer_dir / name, name)
-    source = str(model_dir) if model_dir is not None else base_model
-    hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
-    try:
-        base_config = AutoConfig.from_pretrained(source, revision=None if model_dir else base_revision, **hub)
-    except OSError as err:
-        raise ValueError(
-            f"the config of the base model {source} could not be loaded ({err}); an indexer-only render reads it "
-            "from the Hub or the local HF cache: download it first (`hf download "
-            f"{base_model} config.json`), or pass --full MODEL_DIR to render from a local checkpoint"
-        ) from None
-    cls = CLASSES.get(base_config.model_type)
-    if cls is None:
-        raise NotImplementedError(
-            f"cannot publish for model_type {base_config.model_type!r}; supported: {sorted(CLASSES)}"
+        def copy(src: Path, name: str) -> None:
+            _copy_file(src, out / name)
+            written.append(name)
+
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            copy(indexer_dir / name, name)
+        source = str(model_dir) if model_dir is not None else base_model
+        hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
+        try:
+            base_config = AutoConfig.from_pretrained(
+                source, revision=None if model_dir else base_revision, **hub
+            )
+        except OSError as err:
+            raise ValueError(
+                f"the config of the base model {source} could not be loaded ({err}); an indexer-only render reads it "
+                "from the Hub or the local HF cache: download it first (`hf download "
+                f"{base_model} config.json`), or pass --full MODEL_DIR to render from a local checkpoint"
+            ) from None
+        cls = CLASSES.get(base_config.model_type)
+        if cls is None:
+            raise NotImplementedError(
+                f"cannot publish for model_type {base_config.model_type!r}; supported: {sorted(CLASSES)}"
+            )
+        config = base_config.to_dict()
+        config.update(
+            {
+                "architectures": [cls],
+                "auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{cls}"},
+                "sparse_attention": sparse.to_dict(),
+                "sparse_kernels": kernel_pin(kernel_repo, kernel_revision),
+                "hf_sparse_attn_version": hf_sparse_attn.__version__,
+            }
         )
-    config = base_config.to_dict()
-    config.update(
-        {
-            "architectures": [cls],
-            "auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{cls}"},
-            "sparse_attention": sparse.to_dict(),
-            "sparse_kernels": kernel_pin(kernel_repo, kernel_revision),
-            "hf_sparse_attn_version": hf_sparse_attn.__version__,
-        }
-    )
-    config.pop("_attn_implementation_autoset", None)
-    config["_name_or_path"] = repo_name or base_model  # not the directory it was rendered from
-    if model_dir is None:
-        config["base_model"] = {"id": base_model, "revision": base_revision}
-    else:
-        for path in sorted(Path(model_dir).iterdir()):
-            if path.suffix == ".safetensors" or path.name in (
-                "model.safetensors.index.json",
-                "generation_config.json",
-            ):
-                copy(path, path.name)
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-    written.append("config.json")
-    written += _copy_tokenizer(Path(model_dir) if model_dir else None, base_model, base_revision, out, hub)
-    _drop_loading_options(out / "tokenizer_config.json")
-    if with_modeling_file:
-        write_modeling_file(out)
-        written.append(MODELING_FILE)
-    name, value = sparse.budget
-    card = Template((Path(__file__).parent / "model_card.md").read_text()).substitute(
-        base_model=base_model,
-        base_revision=base_revision or "main",
-        license=license,
-        repo_name=repo_name or out.name,
-        indexer_heads=sparse.indexer_heads,
-        indexer_dim=sparse.indexer_dim,
-        block_size=sparse.block_size,
-        min_sparse_len=sparse.min_sparse_len,
-        budget=f"{name}={value}",
-        sink_blocks=sparse.sink_blocks,
-        local_blocks=sparse.local_blocks,
-        kernel_repo=kernel_repo,
-        kernel_revision=kernel_revision or "(not pinned: the reference ops run)",
-        version=hf_sparse_attn.__version__,
-        speed_table=speed_table(Path(results_dir) if results_dir else None),
-        repo_kind="This repo holds the indexer only; the frozen weights load from the base repo."
-        if model_dir is None
-        else "This repo holds the full weights.",
-    )
-    atomic_write_text(out / "README.md", card)
-    written.append("README.md")
-    atomic_write_text(out / MANIFEST, json.dumps({"files": sorted(set(written))}, indent=2) + "\n")
-    return out
+        config.pop("_attn_implementation_autoset", None)
+        config["_name_or_path"] = repo_name or base_model  # not the directory it was rendered from
+        if model_dir is None:
+            config["base_model"] = {"id": base_model, "revision": base_revision}
+        else:
+            for path in sorted(Path(model_dir).iterdir()):
+                if path.suffix == ".safetensors" or path.name in (
+                    "model.safetensors.index.json",
+                    "generation_config.json",
+                ):
+                    copy(path, path.name)
+        atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        written.append("config.json")
+        written += _copy_tokenizer(
+            Path(model_dir) if model_dir else None, base_model, base_revision, out, hub
+        )
+        _drop_loading_options(out / "tokenizer_config.json")
+        if with_modeling_file:
+            write_modeling_file(out)
+            written.append(MODELING_FILE)
+        name, value = sparse.budget
+        card = Template((Path(__file__).parent / "model_card.md").read_text()).substitute(
+            base_model=base_model,
+            base_revision=base_revision or "main",
+            license=license,
+            repo_name=repo_name or final.name,
+            indexer_heads=sparse.indexer_heads,
+            indexer_dim=sparse.indexer_dim,
+            block_size=sparse.block_size,
+            min_sparse_len=sparse.min_sparse_len,
+            budget=f"{name}={value}",
+            sink_blocks=sparse.sink_blocks,
+            local_blocks=sparse.local_blocks,
+            kernel_repo=kernel_repo,
+            kernel_revision=kernel_revision or "(not pinned: the reference ops run)",
+            version=hf_sparse_attn.__version__,
+            speed_table=speed_table(Path(results_dir) if results_dir else None),
+            repo_kind="This repo holds the indexer only; the frozen weights load from the base repo."
+            if model_dir is None
+            else "This repo holds the full weights.",
+        )
+        atomic_write_text(out / "README.md", card)
+        written.append("README.md")
+        atomic_write_text(out / MANIFEST, json.dumps({"files": sorted(set(written))}, indent=2) + "\n")
+
+    return atomic_write_dir(final, render)
 
 
 TOKENIZER_LOADING_OPTIONS = ("is_local", "local_files_only", "cache_dir", "force_download", "token")
