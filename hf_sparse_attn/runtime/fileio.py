@@ -24,6 +24,14 @@ def _umask() -> int:
     return mask
 
 
+def _plain_mode(path: Path, default: int) -> int:
+    """``path``'s own permissions, or what a plain create would give it (``default`` less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return default & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
@@ -35,11 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     tmp = temp_path_beside(path)
     try:
         write(tmp)
-        try:
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
+        os.chmod(tmp, _plain_mode(path, 0o666))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -66,11 +70,7 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     try:
         write(staging)
-        try:
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o777 & ~_umask()
-        os.chmod(staging, mode)
+        os.chmod(staging, _plain_mode(path, 0o777))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
