@@ -256,9 +256,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     model = args.model
-    looks_local = (
-        model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
-    )
+    looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
     if not args.smoke and looks_local and not os.path.isdir(os.path.expanduser(model)):
         parser.error(
             f"--model {model}: no such directory; pass a local model directory or a Hub repo id such as "

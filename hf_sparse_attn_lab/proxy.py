@@ -139,9 +139,6 @@ def proxy_config(tokenizer, max_position_embeddings: int = 65536) -> Qwen3Config
     )
 
 
-COUNTED_TASKS = {"cwe", "fwe"}  # answers are the words a list holds most often
-
-
 def warm_start(init_dir: str | os.PathLike, tokenizer, attn_implementation: str = "sdpa"):
     """fp32 weights of a trained proxy directory, embeddings grown to ``tokenizer``'s vocabulary.
 
@@ -175,6 +172,9 @@ def warm_start(init_dir: str | os.PathLike, tokenizer, attn_implementation: str 
         added = model.get_input_embeddings().weight.data[len(old) :]
         added.copy_(rows.mean(0) + rows.std(0) * torch.randn_like(added))  # each dimension's spread
     return model
+
+
+COUNTED_TASKS = {"cwe", "fwe"}  # answers are the words a list holds most often
 
 
 def answer_text(sample: Sample) -> str:
