@@ -44,3 +44,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, half_then_fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_saved_indexer_gets_the_permissions_of_a_plain_write(tmp_path, umask_022):
+    """save_indexer renames temp files too: its pair was owner-only (0o600) after the atomic_write fix."""
+    from conftest import build, qwen3_config
+
+    from hf_sparse_attn import SparseAttentionConfig, attach_indexer, save_indexer
+
+    model = attach_indexer(build(qwen3_config()), SparseAttentionConfig(block_size=16, top_k=3))
+    save_indexer(model, tmp_path)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"indexer.safetensors": 0o644, "sparse_config.json": 0o644}

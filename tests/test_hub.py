@@ -22,7 +22,6 @@ from hf_sparse_attn import SparseAttentionConfig, attach_indexer, load_indexer, 
 from hf_sparse_attn.hub.bundle import MODELING_FILE, render_modeling_file
 from hf_sparse_attn.hub.kernel_repo import build_kernel_repo
 from hf_sparse_attn.hub.publish import render_repo
-from hf_sparse_attn.runtime.fileio import _umask
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSE = SparseAttentionConfig(block_size=16, top_k=3, min_sparse_len=16)
@@ -489,7 +488,9 @@ def test_a_failed_render_leaves_the_previous_render_whole_and_a_fresh_out_absent
     monkeypatch.undo()
     render_repo(out, changed, *args, model_dir=hub["tmp"] / "base")
     assert json.loads((out / "config.json").read_text())["sparse_attention"]["top_k"] == 5
-    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()  # not a temp folder's 0o700
+    (tmp_path / "plain").mkdir()
+    plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE(out.stat().st_mode) == plain  # not a temp folder's 0o700
 
 
 def test_publish_names_a_missing_full_checkpoint(hub, tmp_path):

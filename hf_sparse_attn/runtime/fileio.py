@@ -4,46 +4,45 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 
+def _create_beside(path: Path, label: str, create: Callable[[Path], None]) -> Path:
+    """A fresh, unique name in ``path``'s folder (same filesystem, so a rename is atomic), made by
+    ``create`` (which raises FileExistsError if the name is taken).
+
+    It gets the permissions a plain write of ``path`` leaves: ``path``'s own if it exists, else what
+    ``create`` got under the umask. A ``tempfile`` name would be owner-only (0o600 / 0o700), and the
+    rename would carry that onto a rendered repo, a saved indexer or a results file.
+    """
+    while True:
+        fresh = path.parent / f".{path.name}.{label}-{secrets.token_hex(6)}"
+        try:
+            create(fresh)
+            break
+        except FileExistsError:
+            continue
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(fresh, stat.S_IMODE(path.stat().st_mode))
+    return fresh
+
+
 def temp_path_beside(path: str | os.PathLike) -> str:
-    """A fresh, unique temp file name in ``path``'s folder (same filesystem, so a rename is atomic)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _plain_mode(path: Path, default: int) -> int:
-    """``path``'s own permissions, or what a plain create would give it (``default`` less the umask)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        return default & ~_umask()
+    """A fresh, empty temp file beside ``path``, to be renamed over it."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    return str(_create_beside(Path(path), "tmp", lambda p: os.close(os.open(p, flags, 0o666))))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
-
-    The result has the permissions a plain ``open(path, "w")`` would give it (the file's own if it
-    existed, else 0o666 less the umask), not the temp file's owner-only 0o600, which would leave a
-    rendered repo or a results file unreadable to the other users of a shared folder.
-    """
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     tmp = temp_path_beside(path)
     try:
         write(tmp)
-        os.chmod(tmp, _plain_mode(path, 0o666))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,15 +61,13 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     """Call ``write(staging)`` on a fresh folder beside ``path``, then swap it in whole.
 
     A reader sees the previous folder or the new one, never a mix of their files; a failed write
-    leaves the previous folder and no staging folder. The result has a plain ``mkdir``'s permissions
-    (or the previous folder's), not the owner-only mode of a temp folder.
+    leaves the previous folder and no staging folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    staging = _create_beside(path, "staging", lambda p: os.mkdir(p, 0o777))
     try:
         write(staging)
-        os.chmod(staging, _plain_mode(path, 0o777))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

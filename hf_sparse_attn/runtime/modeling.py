@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from .attention import ATTENTION_NAME, sparse_prefill_attention
@@ -184,7 +184,8 @@ def save_indexer(model: nn.Module, directory: str | os.PathLike) -> str:
         temp_path_beside(os.path.join(directory, n)) for n in (WEIGHTS_NAME, CONFIG_NAME)
     )
     try:
-        save_file(state, tmp_weights, metadata=meta)
+        with open(tmp_weights, "wb") as f:  # save_file would replace the temp file with an owner-only one
+            f.write(save(state, metadata=meta))
         write_config(config, tmp_config)
         os.replace(tmp_weights, path)
         os.replace(tmp_config, os.path.join(directory, CONFIG_NAME))
