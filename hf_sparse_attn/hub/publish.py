@@ -170,7 +170,6 @@ def render_repo(
     sparse = SparseAttentionConfig.from_pretrained(indexer_dir)
     inputs = [indexer_dir] + ([Path(model_dir)] if model_dir is not None else [])
     check_out_dir(out, inputs)
-    final = out
 
     def render(out: Path) -> None:  # a staging folder, swapped in whole once every file is written
         written: list[str] = []
@@ -233,7 +232,7 @@ def render_repo(
             base_model=base_model,
             base_revision=base_revision or "main",
             license=license,
-            repo_name=repo_name or final.name,
+            repo_name=repo_name or Path(out_dir).name,
             indexer_heads=sparse.indexer_heads,
             indexer_dim=sparse.indexer_dim,
             block_size=sparse.block_size,
@@ -253,7 +252,7 @@ def render_repo(
         written.append("README.md")
         atomic_write_text(out / MANIFEST, json.dumps({"files": sorted(set(written))}, indent=2) + "\n")
 
-    return atomic_write_dir(final, render)
+    return atomic_write_dir(out, render)
 
 
 TOKENIZER_LOADING_OPTIONS = ("is_local", "local_files_only", "cache_dir", "force_download", "token")
