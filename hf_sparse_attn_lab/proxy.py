@@ -183,8 +183,8 @@ def answer_text(sample: Sample) -> str:
     Retrieval answers come in the order they first occur in the prompt, a function of the prompt.
     Counted answers (common / frequent words) come most frequent first, ties in an order drawn from
     the prompt's hash: which of ten equally common words occurs first is not something attention
-    that tallies words can see, and a first-occurrence target made the bundled proxy fail common
-    words at every length. The scorer itself is order-free.
+    that tallies words can see. (Proxy v6, trained on first-occurrence targets, scored 0 on common
+    words at every length; v7, trained on this order, still does.) The scorer itself is order-free.
     """
     if sample.task in COUNTED_TASKS:
         counts = Counter(sample.prompt.split())
