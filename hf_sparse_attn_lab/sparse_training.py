@@ -10,54 +10,51 @@ each layer restricted to the blocks its own dense attention ranks highest (the e
 needs in those blocks. The selection problem stays: the indexer must still find them from its own
 projections, and streaming / random blocks still miss them.
 
-The mask is a token-level [B, G, S, S] boolean built from the block list and handed to SDPA, so the
-backward pass is PyTorch's; it is meant for the proxy's lengths (a few thousand tokens).
+The selection runs through the package's block-sparse attention (``ops.block_sparse_attention``): on
+CUDA the Triton kernel and its backward, so a step costs the kept blocks, not S x S (a token mask
+handed to SDPA held [B, H, S, S] per layer for the backward: 8 GiB a layer at 4 x 16384 tokens);
+off CUDA the differentiable reference.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from hf_sparse_attn import ops
 from hf_sparse_attn.ops.common import num_blocks
 from hf_sparse_attn.runtime.attention import softmax_scale
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
 from hf_sparse_attn.runtime.modeling import attention_layers
 from hf_sparse_attn.runtime.oracle import oracle_block_scores
-from hf_sparse_attn.runtime.selection import select_blocks
+from hf_sparse_attn.runtime.selection import BlockList, select_blocks
 
 ATTENTION_NAME = "oracle_sparse_training"
 
 
 @torch.no_grad()
-def oracle_token_mask(
+def oracle_selection(
     q: torch.Tensor,
     k: torch.Tensor,
     config: SparseAttentionConfig,
     scale: float,
     seq_lens: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Causal token mask [B, G, S, S] of the blocks ``config`` selects by the dense attention mass
-    (``selector="random"``: by uniform random scores, from torch's global generator).
+) -> BlockList:
+    """The blocks ``config`` selects by the dense attention mass (``selector="random"``: by uniform
+    random scores, from torch's global generator).
 
     ``seq_lens`` [B] are the rows' lengths before right padding (None: unpadded): the dense tail is
-    each row's own last block, and padding queries attend causally (no row is fully masked)."""
+    each row's own last block."""
     B, _, S, _ = q.shape
-    bs = config.block_size
     lens = torch.full((B,), S, device=q.device, dtype=torch.long) if seq_lens is None else seq_lens
     if config.selector == "random":
-        nb = num_blocks(S, bs)
+        nb = num_blocks(S, config.block_size)
         scores = torch.rand(B, config.indexer_heads, nb, nb, device=q.device)
     else:
-        scores = oracle_block_scores(q, k, bs, scale, config.indexer_heads, lens)
-    blocks = select_blocks(scores, config, lens, check_lengths=False).to_dense()
-    tokens = blocks.repeat_interleave(bs, dim=-2)[..., :S, :].repeat_interleave(bs, dim=-1)[..., :S]
-    padding_rows = torch.arange(S, device=q.device)[None, :] >= lens[:, None]
-    tokens = tokens | padding_rows[:, None, :, None]
-    return tokens & torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+        scores = oracle_block_scores(q, k, config.block_size, scale, config.indexer_heads, lens)
+    return select_blocks(scores, config, lens, check_lengths=False)
 
 
 def set_training_sparsity(
@@ -80,9 +77,9 @@ def oracle_sparse_training_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """``AttentionInterface`` function: sdpa, or sdpa over the block oracle's selection when the
-    module's ``training_sparsity`` is set and the input is an unpadded prefill of at least its
-    ``min_sparse_len`` tokens."""
+    """``AttentionInterface`` function: sdpa, or block-sparse attention over the block oracle's
+    selection when the module's ``training_sparsity`` is set and the input is a prefill of at least
+    its ``min_sparse_len`` tokens (right padding's query rows come out 0)."""
     config = getattr(module, "training_sparsity", None)
     q_len, kv_len = query.shape[2], key.shape[2]
     if config is None or q_len != kv_len or q_len < config.min_sparse_len:
@@ -94,19 +91,15 @@ def oracle_sparse_training_attention(
             "oracle-sparse training takes right-padded rows without an attention mask (causal attention "
             "never reads the padding of a right-padded row); call the model without attention_mask"
         )
+    if dropout > 0.0:
+        raise ValueError(
+            "oracle-sparse training does not support attention dropout; set config.attention_dropout = 0"
+        )
     scale = softmax_scale(query, scaling)
-    mask = oracle_token_mask(query, key, config, scale, getattr(module, "training_seq_lens", None))
-    groups = mask.shape[1]
-    if groups > 1:
-        mask = mask.repeat_interleave(query.shape[1] // groups, dim=1)
-    rep = query.shape[1] // key.shape[1]
-    out = F.scaled_dot_product_attention(
-        query,
-        repeat_kv(key, rep),
-        repeat_kv(value, rep),
-        attn_mask=mask,
-        dropout_p=dropout if module.training else 0.0,
-        scale=scale,
+    seq_lens = getattr(module, "training_seq_lens", None)
+    blocks = oracle_selection(query, key, config, scale, seq_lens)
+    out, _ = ops.block_sparse_attention(
+        query, key, value, blocks.kv_num_blocks, blocks.kv_indices, config.block_size, scale, seq_lens
     )
     return out.transpose(1, 2).contiguous(), None
 

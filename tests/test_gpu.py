@@ -208,7 +208,9 @@ def test_auto_backend_picks_fa4_where_it_runs(monkeypatch):
     assert calls == [128]  # block 32: FA4 has no 32-key tile; block 64: Triton is faster
 
 
-@pytest.mark.parametrize("Hq,Hkv,D,bs,G", [(32, 8, 128, 64, 1), (16, 4, 256, 128, 4), (8, 8, 64, 64, 2)])
+@pytest.mark.parametrize(
+    "Hq,Hkv,D,bs,G", [(32, 8, 128, 64, 1), (16, 4, 256, 128, 4), (8, 8, 64, 64, 2), (8, 2, 32, 32, 2)]
+)
 def test_triton_backward_bf16(Hq, Hkv, D, bs, G):
     """The Triton backward on CUDA against autograd through the fp32 reference, with padding."""
     from hf_sparse_attn.ops.block_sparse_attn.triton import block_sparse_attn_fwd
@@ -242,6 +244,41 @@ def test_triton_backward_bf16(Hq, Hkv, D, bs, G):
     )
     for name, g, w in zip("qkv", got, want, strict=True):
         assert rel_err(g, w) < 2 * BF16_REL, name
+
+
+def test_oracle_sparse_training_attention_runs_the_triton_kernel_with_its_backward():
+    """Sparse-aware proxy training at the proxy's shape (8 / 2 heads of 32, blocks of 32, 2 groups,
+    right padding) in bf16 against the fp32 reference; random blocks from one seed, so both runs
+    attend to the same selection."""
+    import os
+    from types import SimpleNamespace
+
+    from hf_sparse_attn_lab.sparse_training import oracle_sparse_training_attention
+
+    torch.manual_seed(0)
+    S, lens = 4096, torch.tensor([4096, 3001], device="cuda")
+    q, k, v = (torch.randn(2, h, S, 32, device="cuda") for h in (8, 2, 2))
+    cfg = SparseAttentionConfig(
+        selector="random", block_size=32, density=0.1, indexer_heads=2, dense_tail_blocks=0, min_sparse_len=64
+    )
+    module = SimpleNamespace(training=True, training_sparsity=cfg, training_seq_lens=lens)
+    valid = (torch.arange(S, device="cuda")[None, :] < lens[:, None])[..., None, None]
+
+    def run(dtype):
+        leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+        torch.manual_seed(1)
+        out, _ = oracle_sparse_training_attention(module, *leaves, None, scaling=32**-0.5)
+        loss = (out.float() * valid).square().sum()
+        return (out.float() * valid, *torch.autograd.grad(loss, leaves))
+
+    got = run(torch.bfloat16)
+    os.environ["HF_SPARSE_ATTN_BACKEND"] = "reference"
+    try:
+        want = run(torch.float32)
+    finally:
+        del os.environ["HF_SPARSE_ATTN_BACKEND"]
+    for name, g, w in zip(("out", "q", "k", "v"), got, want, strict=True):
+        assert torch.isfinite(g).all() and rel_err(g, w) < 2 * BF16_REL, name
 
 
 def test_sparse_model_trains_on_cuda():
