@@ -17,11 +17,21 @@ SPEED = "results/speed_h200"
 PROXY = "results/proxy_v7"
 QUALITY = [f"{PROXY}/eval_gpu_4k_100/eval.json", f"{PROXY}/eval_gpu_4k_100_baselines/eval.json"]
 QUALITY_LENGTHS = [
-    (f"{n} tokens: macro (vs dense, paired)", f"{PROXY}/eval_gpu/eval.json", n) for n in (4096, 8192, 16384)
+    ("4096 tokens, 110 prompts", f"{PROXY}/eval_gpu/eval.json", 4096),
+    ("8192 tokens, 110 prompts", f"{PROXY}/eval_gpu/eval.json", 8192),
+    ("8192 tokens, 440 prompts", f"{PROXY}/eval_gpu_8k_40/eval.json", 8192),
+    ("16384 tokens, 110 prompts", f"{PROXY}/eval_gpu/eval.json", 16384),
 ]
 QUALITY_HELDOUT = [
-    (f"{n} tokens: macro (vs dense, paired)", f"{PROXY}/heldout_gpu/eval.json", n)
-    for n in (4096, 8192, 16384)
+    (f"{n} tokens, 80 prompts", f"{PROXY}/heldout_gpu/eval.json", n) for n in (4096, 8192, 16384)
+]
+CONTINUED = "results/proxy_v7_continued"
+QUALITY_CONTINUED = [
+    ("4096, v7, 1,100 prompts", f"{PROXY}/eval_gpu_4k_100/eval.json", 4096),
+    ("4096, continued, 1,100", f"{CONTINUED}/eval_4k_100/eval.json", 4096),
+    ("8192, v7, 440", f"{PROXY}/eval_gpu_8k_40/eval.json", 8192),
+    ("8192, continued, 440", f"{CONTINUED}/eval_long_40/eval.json", 8192),
+    ("16384, continued, 440", f"{CONTINUED}/eval_long_40/eval.json", 16384),
 ]
 _SPAN = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
 SHAPE_NAMES = {
@@ -123,14 +133,19 @@ def _paired_cell(s: dict) -> str:
 
 
 def quality_lengths_table() -> str:
-    """Each method at 1x, 2x and 4x the indexer's training length on the same 110 prompts per length:
-    macro ± 95% CI, and the paired difference to dense ± its 95% half-width."""
+    """Each method at 1x, 2x and 4x the indexer's training length, every method of a column on the same
+    prompts: macro ± 95% CI, and the paired difference to dense ± its 95% half-width."""
     return _method_grid(QUALITY_LENGTHS, _paired_cell)
 
 
 def quality_heldout_table() -> str:
     """The same cells on the held-out grammar: task variants the proxy's training never produced."""
     return _method_grid(QUALITY_HELDOUT, _paired_cell)
+
+
+def quality_continued_table() -> str:
+    """Bundled v7 against v7 trained on (not bundled), the same prompts per length."""
+    return _method_grid(QUALITY_CONTINUED, _paired_cell)
 
 
 def _method_grid(runs: list[tuple[str, str, int | None]], cell: Callable[[dict], str]) -> str:
@@ -199,6 +214,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "quality-4k": quality_table,
     "quality-lengths": quality_lengths_table,
     "quality-heldout": quality_heldout_table,
+    "quality-continued": quality_continued_table,
     "profile-128k": profile_table,
 }
 

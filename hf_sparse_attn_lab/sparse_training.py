@@ -23,7 +23,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from hf_sparse_attn import ops
+from hf_sparse_attn.ops import block_sparse_attention
 from hf_sparse_attn.ops.common import num_blocks
 from hf_sparse_attn.runtime.attention import softmax_scale
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
@@ -98,7 +98,7 @@ def oracle_sparse_training_attention(
     scale = softmax_scale(query, scaling)
     seq_lens = getattr(module, "training_seq_lens", None)
     blocks = oracle_selection(query, key, config, scale, seq_lens)
-    out, _ = ops.block_sparse_attention(
+    out, _ = block_sparse_attention(
         query, key, value, blocks.kv_num_blocks, blocks.kv_indices, config.block_size, scale, seq_lens
     )
     return out.transpose(1, 2).contiguous(), None
