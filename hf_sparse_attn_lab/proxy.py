@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -515,27 +514,26 @@ def bundle_proxy(
 
     The same ``render_repo`` as ``hf-sparse-attn publish --full``: config with ``auto_map``, weights,
     indexer, tokenizer, model card (its speed table from ``results_dir``, e.g. ``results/kernels``),
-    plus the training and distillation summaries that the numbers in the docs come from. The modeling
-    file is not stored there: ``hf-sparse-attn demo`` renders it from the installed sources.
+    plus the training and distillation summaries that the numbers in the docs come from, all listed
+    in its manifest. The modeling file is not stored there: ``hf-sparse-attn demo`` renders it from
+    the installed sources. The folder is swapped in whole: a failed bundle leaves the previous one.
     """
     from hf_sparse_attn.hub.publish import render_repo
 
-    trained, out = Path(trained_dir), Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    render_repo(
-        out,
+    trained = Path(trained_dir)
+    summaries = [
+        trained / n for n in ("training_summary.json", "distill_summary.json") if (trained / n).is_file()
+    ]
+    return render_repo(
+        out_dir,
         trained,
         base_model="hf-sparse-attn/proxy-qwen3",
         model_dir=trained,
         repo_name="proxy-qwen3",
         results_dir=results_dir,
         with_modeling_file=False,
+        extra_files=summaries,
     )
-    for name in ("training_summary.json", "distill_summary.json"):
-        if (trained / name).exists():
-            shutil.copy(trained / name, out / name)
-    return out
 
 
 def load_proxy(model_dir: str | os.PathLike, device: str = "cpu"):

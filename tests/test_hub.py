@@ -498,3 +498,54 @@ def test_publish_names_a_missing_full_checkpoint(hub, tmp_path):
         render_repo(
             tmp_path / "o", hub["tmp"] / "indexer", "test-org/tiny-base", model_dir=tmp_path / "missing"
         )
+
+
+def test_the_bundled_proxy_lists_every_file_it_holds():
+    """Its manifest left out the training summaries, so `push` refused the folder as it ships."""
+    from hf_sparse_attn.hub.publish import _unlisted
+
+    assert _unlisted(ROOT / "hf_sparse_attn/assets/proxy-qwen3") == []
+
+
+def test_bundle_proxy_lists_its_summaries_and_a_failed_bundle_leaves_the_previous_one(
+    hub, tmp_path, monkeypatch
+):
+    """bundle_proxy deleted the bundled folder before rendering into it, so a failed bundle left none."""
+    import hf_sparse_attn.hub.publish as publish
+    from hf_sparse_attn.hub.publish import _unlisted
+    from hf_sparse_attn_lab.proxy import bundle_proxy
+
+    trained = tmp_path / "trained"
+    shutil.copytree(hub["tmp"] / "base", trained)
+    for path in (hub["tmp"] / "indexer").iterdir():
+        shutil.copy(path, trained / path.name)
+    (trained / "training_summary.json").write_text('{"steps_done": 2}')
+    (trained / "distill_summary.json").write_text('{"steps": 3}')
+    out = bundle_proxy(trained, tmp_path / "bundle")
+    assert _unlisted(out) == [] and (out / "training_summary.json").read_text() == '{"steps_done": 2}'
+    assert "training_summary.json" in json.loads((out / publish.MANIFEST).read_text())["files"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (trained / "training_summary.json").write_text('{"steps_done": 5}')
+
+    def fail(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish, "_copy_tokenizer", fail)
+    with pytest.raises(OSError, match="disk full"):
+        bundle_proxy(trained, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    bundle_proxy(trained, out)  # over its own previous bundle: every file listed, none stray
+    assert (out / "training_summary.json").read_text() == '{"steps_done": 5}'
+    with pytest.raises(ValueError, match="would replace the rendered config.json"):
+        render_repo(
+            tmp_path / "x",
+            trained,
+            "test-org/tiny-base",
+            model_dir=trained,
+            extra_files=[trained / "config.json"],
+        )
+    with pytest.raises(FileNotFoundError, match="extra_files: no such file"):
+        render_repo(
+            tmp_path / "x", trained, "test-org/tiny-base", model_dir=trained, extra_files=[tmp_path / "nope"]
+        )

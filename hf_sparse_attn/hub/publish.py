@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
@@ -145,11 +146,13 @@ def render_repo(
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
     with_modeling_file: bool = True,
+    extra_files: Sequence[str | Path] = (),
 ) -> Path:
     """Render the repo folder. ``base_revision`` must be a commit sha for an indexer-only repo (see
     ``resolve_revision``); the files are listed in a manifest that ``push`` uploads exactly. The
     folder is rendered beside ``out_dir`` and swapped in whole: a render that fails part-way leaves
-    the previous render (or nothing), never new weights beside an old config and manifest."""
+    the previous render (or nothing), never new weights beside an old config and manifest.
+    ``extra_files`` are copied in under their own names and listed (e.g. training summaries)."""
     from transformers import AutoConfig
 
     out, indexer_dir = Path(out_dir), Path(indexer_dir)
@@ -167,6 +170,10 @@ def render_repo(
         raise ValueError(
             f"--full {model_dir}: no such directory; pass the local checkpoint whose weights to ship"
         )
+    extras = [Path(p) for p in extra_files]
+    missing = [str(p) for p in extras if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"extra_files: no such file {', '.join(missing)}")
     sparse = SparseAttentionConfig.from_pretrained(indexer_dir)
     inputs = [indexer_dir] + ([Path(model_dir)] if model_dir is not None else [])
     check_out_dir(out, inputs)
@@ -250,6 +257,10 @@ def render_repo(
         )
         atomic_write_text(out / "README.md", card)
         written.append("README.md")
+        for path in extras:
+            if path.name in written:
+                raise ValueError(f"extra_files: {path} would replace the rendered {path.name}")
+            copy(path, path.name)
         atomic_write_text(out / MANIFEST, json.dumps({"files": sorted(set(written))}, indent=2) + "\n")
 
     return atomic_write_dir(out, render)
