@@ -402,6 +402,43 @@ def _kcache_agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection_recall(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import report
+    from .eval.runner import calibration_prompts
+    from .eval.selection_recall import RECALLS, selection_recall
+    from .proxy import PROXY_DIR, load_proxy
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_proxy(args.model or str(PROXY_DIR), device)
+    rows = []
+    for length in _ints(args.lengths):
+        prompts = calibration_prompts(tok, length, per_task=args.per_task)
+        per_layer = selection_recall(model, prompts)
+        for layer, r in [*per_layer.items(), ("mean", _mean_recall(per_layer))]:
+            row = {"length": length, "layer": layer, "prompts": len(prompts), **r}
+            shares = {"indexer_share": r["indexer"] / r["oracle"]}
+            shares["question_share"] = r["indexer_question"] / r["oracle_question"]
+            rows.append(row | shares)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    paths = report.save(
+        "selection_recall",
+        args.out,
+        rows,
+        ["length", "layer", "prompts", *RECALLS, "indexer_share", "question_share"],
+        "Dense attention mass inside the indexer's and the block oracle's selections",
+    )
+    print("wrote", ", ".join(paths.values()))
+    return 0
+
+
+def _mean_recall(per_layer: dict[int, dict[str, float]]) -> dict[str, float]:
+    from .eval.selection_recall import RECALLS
+
+    return {k: sum(r[k] for r in per_layer.values()) / len(per_layer) for k in RECALLS}
+
+
 def _docs_tables(args: argparse.Namespace) -> int:
     from .docs_tables import render_docs, stale_docs
 
@@ -502,6 +539,18 @@ def add_commands(sub) -> None:
     agree.add_argument("--device", default=None)
     agree.add_argument("--out", default="results/kcache")
     agree.set_defaults(func=_kcache_agreement)
+    recall = sub.add_parser(
+        "selection-recall",
+        help="dense attention mass the indexer's blocks keep vs the block oracle's, per prompt length",
+    )
+    recall.add_argument(
+        "--model", default=None, help="model directory with indexer (default: the bundled proxy)"
+    )
+    recall.add_argument("--lengths", default="4096,8192,16384", help="comma list of prompt lengths in tokens")
+    recall.add_argument("--per-task", type=_at_least_one, default=2, help="prompts per task and length")
+    recall.add_argument("--device", default=None)
+    recall.add_argument("--out", default="results/selection_recall")
+    recall.set_defaults(func=_selection_recall)
     bench = sub.add_parser(
         "bench",
         help="GPU benchmarks: kernels | selection | memory | distill | ttft | profile | decode; "
