@@ -12,10 +12,11 @@ every causal block, the rest follow the selector.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from hf_sparse_attn.ops.probe_mass.naive import probe_probs
 from hf_sparse_attn.runtime.modeling import indexers, sparse_config_of
+
+from .observed import observe_dense_forwards
 
 
 @torch.no_grad()
@@ -23,7 +24,6 @@ def long_range_mass(
     model: torch.nn.Module, prompts: list[torch.Tensor], probe_queries: int = 64
 ) -> torch.Tensor:
     """Mean long-range attention mass [num_layers, num_kv_heads] (0 rows for layers without an indexer)."""
-    found = indexers(model)
     cfg = sparse_config_of(model)
     if model.config._attn_implementation != "sparse_prefill":
         raise ValueError(
@@ -46,18 +46,7 @@ def long_range_mass(
             probs = probe_probs(query[b], key[b], qpos, module.scaling, groups=key.shape[1])
             total[module.layer_idx] += (probs * far).sum(-1).mean(-1).double().cpu()
 
-    for ix in found.values():
-        ix.observer = observe
-    try:
-        for ids in tqdm(prompts, desc="retrieval-head calibration", disable=len(prompts) < 4):
-            if ids.dim() != 2 or ids.shape[0] != 1:
-                raise ValueError(
-                    f"calibration prompts must be [1, S] token ids (no padding), got {tuple(ids.shape)}"
-                )
-            model(input_ids=ids.to(next(model.parameters()).device), logits_to_keep=1)
-    finally:
-        for ix in found.values():
-            ix.observer = None
+    observe_dense_forwards(model, prompts, observe, "retrieval-head calibration")
     return (total / max(1, len(prompts))).float()
 
 

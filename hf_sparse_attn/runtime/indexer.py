@@ -73,9 +73,7 @@ class Indexer(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_proj = nn.Linear(num_heads * head_dim, G * d, bias=False)
         self.k_proj = nn.Linear(num_kv_heads * head_dim, G * d, bias=False)
-        self.observer = (
-            None  # set by distill.distillation_forward: called with the layer's q/k instead of running sparse
-        )
+        self.observer = None  # set by distill.distillation_forward and the lab studies: gets the q/k, the layer runs dense
         self.kcache = None  # decode.IndexerKCache of the cached tokens, when config.sparse_decode
         self.reset_parameters()
 

@@ -19,13 +19,14 @@ import math
 from dataclasses import replace
 
 import torch
-from tqdm.auto import tqdm
 
 from hf_sparse_attn.ops import pooled_attention_mass
 from hf_sparse_attn.ops.kcache_quant.naive import FORMATS, bytes_per_vector, dequantize, quantize
 from hf_sparse_attn.runtime.config import SparseAttentionConfig
-from hf_sparse_attn.runtime.modeling import indexers, sparse_config_of
+from hf_sparse_attn.runtime.modeling import sparse_config_of
 from hf_sparse_attn.runtime.selection import select_blocks
+
+from ..observed import observe_dense_forwards
 
 REFERENCE_ROUNDINGS = {"bf16": (torch.bfloat16, 2), "fp8_e4m3": (torch.float8_e4m3fn, 1)}
 
@@ -60,15 +61,7 @@ def capture_indexer_qk(
     def observe(module, query, key, attention_mask):
         captured.append(module.indexer(query, key))
 
-    found = indexers(model)
-    for ix in found.values():
-        ix.observer = observe
-    try:
-        for ids in tqdm(prompts, desc="kcache-agreement: capture", disable=len(prompts) < 4):
-            model(input_ids=ids.to(next(model.parameters()).device), logits_to_keep=1)
-    finally:
-        for ix in found.values():
-            ix.observer = None
+    observe_dense_forwards(model, prompts, observe, "kcache-agreement: capture")
     return captured
 
 

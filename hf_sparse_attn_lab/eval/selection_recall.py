@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from tqdm.auto import tqdm
 
 from hf_sparse_attn.distill import block_recall
-from hf_sparse_attn.runtime.modeling import indexers
 from hf_sparse_attn.runtime.oracle import oracle_block_scores
 from hf_sparse_attn.runtime.selection import select_blocks
+
+from ..observed import observe_dense_forwards
 
 RECALLS = ("indexer", "oracle", "indexer_question", "oracle_question")
 
@@ -28,11 +28,6 @@ def selection_recall(model: torch.nn.Module, prompts: list[torch.Tensor]) -> dic
     layer's selection under the model's sparse config, averaged over the query blocks of each of
     ``prompts`` ([1, S] token ids, one dense forward each), and in the last query block alone (the
     question's rows: where a task reads its needles); then averaged over the prompts."""
-    found = indexers(model)
-    if not found:
-        raise ValueError("model has no indexers: load one with hf_sparse_attn.load_indexer(model, path)")
-    if any(ids.dim() != 2 or ids.shape[0] != 1 for ids in prompts):
-        raise ValueError("prompts must be [1, S] token-id tensors (one unpadded prompt each)")
     sums: dict[int, dict[str, float]] = defaultdict(lambda: dict.fromkeys(RECALLS, 0.0))
 
     def observe(module, query, key, attention_mask):
@@ -46,13 +41,5 @@ def selection_recall(model: torch.nn.Module, prompts: list[torch.Tensor]) -> dic
             last = (mass[:, :, -1] * blocks.to_dense()[:, :, -1]).sum(-1).mean()
             sums[indexer.layer_idx][f"{name}_question"] += float(last)
 
-    for ix in found.values():
-        ix.observer = observe
-    try:
-        device = next(model.parameters()).device
-        for ids in tqdm(prompts, desc="selection recall", disable=len(prompts) < 4):
-            model(input_ids=ids.to(device), logits_to_keep=1)
-    finally:
-        for ix in found.values():
-            ix.observer = None
+    observe_dense_forwards(model, prompts, observe, "selection recall")
     return {layer: {k: v / len(prompts) for k, v in s.items()} for layer, s in sorted(sums.items())}
