@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import re
 
 from hf_sparse_attn_cli import _at_least_one, _batch_lengths, _floats, _ints
 
@@ -40,6 +42,22 @@ def _config_override(text: str) -> tuple[str, object]:
         return field, json.loads(raw)
     except json.JSONDecodeError:
         return field, raw
+
+
+def _other_indexer(text: str) -> tuple[str, str]:
+    """``NAME=DIR`` of ``eval --indexer``: a row label and a directory saved by ``save_indexer``."""
+    from hf_sparse_attn.runtime.modeling import WEIGHTS_NAME
+
+    name, sep, directory = text.partition("=")
+    if not sep or not re.fullmatch(r"[\w.+-]+", name) or not directory:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=DIR (NAME of letters, digits, '.', '+', '-' or '_'; DIR a saved indexer); got {text!r}"
+        )
+    if not os.path.isfile(os.path.join(directory, WEIGHTS_NAME)):
+        raise argparse.ArgumentTypeError(
+            f"{directory} holds no {WEIGHTS_NAME}: pass a directory written by save_indexer or a distill recipe"
+        )
+    return name, directory
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -297,6 +315,9 @@ def _eval(args: argparse.Namespace) -> int:
     from .retrieval_heads import find_retrieval_heads
 
     names = args.methods.split(",")
+    other_indexers = dict(args.indexer or [])
+    if len(other_indexers) < len(args.indexer or []):
+        raise ValueError("--indexer: each NAME once (it labels the rows)")
     if args.matched_topk and not set(names) & set(ADAPTIVE):
         raise ValueError(
             f"--matched-topk needs at least one adaptive method in --methods: {', '.join(ADAPTIVE)}"
@@ -325,6 +346,7 @@ def _eval(args: argparse.Namespace) -> int:
         block_sizes=_ints(args.block_sizes) if args.block_sizes else None,
         retrieval_heads=heads,
         horizontal_threshold=args.horizontal_threshold,
+        other_indexers=other_indexers,
     )
     tasks = _task_list(args.tasks)
     rows = evaluate(model, tok, methods, lengths, tasks, args.samples, args.batch_size)
@@ -337,6 +359,7 @@ def _eval(args: argparse.Namespace) -> int:
         "lengths": args.lengths,
         **({"retrieval_heads": heads} if heads else {}),
         **({"config_overrides": overrides} if overrides else {}),
+        **({"other_indexers": other_indexers} if other_indexers else {}),
     }
     paths = write_report(rows, args.out, meta)
     for (label, length), s in macro(rows).items():
@@ -513,6 +536,14 @@ def add_commands(sub) -> None:
         metavar="FIELD=VALUE",
         help="change a sparse-config field for every method, e.g. --set dense_tail_blocks=0 "
         "--set local_blocks=1 (repeatable; budgets and selectors come from the method flags)",
+    )
+    ev.add_argument(
+        "--indexer",
+        action="append",
+        type=_other_indexer,
+        metavar="NAME=DIR",
+        help="also run the indexer method with the indexer saved in DIR in the model's place, rows "
+        "labelled [NAME], on the same prompts and paired against the same dense rows (repeatable)",
     )
     ev.add_argument("--lengths", default="4096,8192,16384", help="prompt lengths in tokens")
     ev.add_argument(

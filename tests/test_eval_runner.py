@@ -370,3 +370,88 @@ def test_eval_cli_refuses_bad_counts_and_budgets_before_loading_a_model(flags, m
     except SystemExit as exit:  # argparse's own errors
         code = exit.code
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_other_indexers_run_in_the_models_place_and_the_own_one_comes_back(tiny, tok, tmp_path, monkeypatch):
+    import hf_sparse_attn_lab.eval.runner as runner
+    from hf_sparse_attn import save_indexer
+    from hf_sparse_attn.runtime.modeling import indexer_state_dict
+
+    own = {n: t.clone() for n, t in indexer_state_dict(tiny).items()}
+    with torch.no_grad():
+        for ix in indexers(tiny).values():
+            for p in ix.parameters():
+                p.add_(1.0)
+    save_indexer(tiny, tmp_path / "shifted")
+    for ix in indexers(tiny).values():
+        ix.load_state_dict(
+            {n.split(".indexer.")[1]: t for n, t in own.items() if n.startswith(f"layers.{ix.layer_idx}.")}
+        )
+    seen: dict[str, float] = {}
+    real_run = runner._run
+
+    def recording_run(model, tokenizer, method, *args):
+        seen[method.label] = float(next(iter(indexers(model).values())).q_proj.weight.detach().sum())
+        return real_run(model, tokenizer, method, *args)
+
+    monkeypatch.setattr(runner, "_run", recording_run)
+    methods = build_methods(
+        ["dense", "indexer"], [0.25], [0.9], other_indexers={"shifted": str(tmp_path / "shifted")}
+    )
+    assert [m.label for m in methods] == ["dense", "indexer density=0.25", "indexer density=0.25 [shifted]"]
+    rows = evaluate(tiny, tok, methods, [256], ["niah_single_1"], samples=1, batch_size=1, progress=False)
+    first = next(iter(indexers(tiny).values())).q_proj.weight
+    assert seen["indexer density=0.25 [shifted]"] == pytest.approx(
+        seen["indexer density=0.25"] + first.numel()
+    )
+    assert all(torch.equal(t, own[n]) for n, t in indexer_state_dict(tiny).items())  # own indexer back
+    assert {("indexer density=0.25 [shifted]", 256)} <= set(macro(rows))
+    assert macro(rows)[("indexer density=0.25 [shifted]", 256)]["vs_dense"] is not None  # paired with dense
+
+
+def test_an_other_indexer_that_does_not_fit_fails_before_any_prompt_runs(tiny, tok, tmp_path, monkeypatch):
+    import hf_sparse_attn_lab.eval.runner as runner
+    from hf_sparse_attn.runtime.modeling import indexer_state_dict
+
+    from hf_sparse_attn import save_indexer
+
+    fields = {k: v for k, v in tiny.config.to_dict().items() if k != "layer_types"}
+    deeper = Qwen3Config(**{**fields, "num_hidden_layers": 3})  # another base model: a layer more
+    other = AutoModelForCausalLM.from_config(deeper, attn_implementation="sdpa")
+    attach_indexer(other, SparseAttentionConfig(block_size=16, density=0.25))
+    save_indexer(other, tmp_path / "deeper")
+    own = {n: t.clone() for n, t in indexer_state_dict(tiny).items()}
+    monkeypatch.setattr(runner, "_run", lambda *a: pytest.fail("ran a prompt"))
+    methods = build_methods(["dense"], [0.25], [0.9], other_indexers={"deeper": str(tmp_path / "deeper")})
+    with pytest.raises(ValueError, match="does not fit this model"):
+        evaluate(tiny, tok, methods, [256], ["niah_single_1"], samples=1, batch_size=1, progress=False)
+    assert all(torch.equal(t, own[n]) for n, t in indexer_state_dict(tiny).items())
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("nodir", "expected NAME=DIR"),
+        ("=somewhere", "expected NAME=DIR"),
+        ("a b=somewhere", "expected NAME=DIR"),
+        ("x=/no/such/dir", "holds no indexer.safetensors"),
+    ],
+)
+def test_eval_cli_refuses_a_bad_indexer_flag_before_loading_a_model(value, message, monkeypatch, capsys):
+    import hf_sparse_attn_lab.proxy as proxy
+    from hf_sparse_attn_cli import main
+
+    monkeypatch.setattr(proxy, "load_proxy", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit):
+        main(["eval", "--indexer", value])
+    assert message in capsys.readouterr().err
+
+
+def test_eval_cli_refuses_one_indexer_name_twice(tmp_path, monkeypatch, capsys):
+    import hf_sparse_attn_lab.proxy as proxy
+    from hf_sparse_attn_cli import main
+    from hf_sparse_attn_lab.proxy import PROXY_DIR
+
+    monkeypatch.setattr(proxy, "load_proxy", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["eval", "--indexer", f"a={PROXY_DIR}", "--indexer", f"a={PROXY_DIR}"]) == 2
+    assert "each NAME once" in capsys.readouterr().err

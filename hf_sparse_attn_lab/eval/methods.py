@@ -49,6 +49,7 @@ class Method:
     changes: dict = field(default_factory=dict)
     target_density: float | None = None
     matched_to: str | None = None  # label of the method whose kept density this top-k row matches
+    indexer: tuple[str, str] | None = None  # (name, directory) of another indexer run in the model's place
 
     @property
     def label(self) -> str:
@@ -57,6 +58,8 @@ class Method:
             values["density"] = self.target_density
         keys = ("density", "top_p", "layer_top_p", "horizontal_threshold", "block_size")
         label = " ".join([self.name] + [f"{k}={values[k]:g}" for k in keys if k in values])
+        if self.indexer is not None:
+            label += f" [{self.indexer[0]}]"
         return label if self.matched_to is None else f"{label} (kept of {self.matched_to})"
 
 
@@ -102,8 +105,13 @@ def build_methods(
     block_sizes: list[int] | None = None,
     retrieval_heads: list[list[int]] | None = None,
     horizontal_threshold: float = 0.8,
+    other_indexers: dict[str, str] | None = None,
 ) -> list[Method]:
-    """Expand method names over their budgets: density-budgeted ones per density, top-p ones per p."""
+    """Expand method names over their budgets: density-budgeted ones per density, top-p ones per p.
+
+    ``other_indexers`` (name -> directory): after the named methods, the ``indexer`` method again per
+    density with each of these indexers in the model's place, so indexers are compared on one run's
+    prompts and paired against its dense rows."""
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown eval methods {unknown}; known: {sorted(METHODS)}")
@@ -163,6 +171,11 @@ def build_methods(
                     name, "indexer"
                 )
                 out += [Method(name, {"selector": selector, "density": d, **extra}, d) for d in densities]
+    for label, directory in (other_indexers or {}).items():
+        out += [
+            Method("indexer", {"selector": "indexer", "density": d}, d, indexer=(label, directory))
+            for d in densities
+        ]
     return out
 
 

@@ -7,10 +7,13 @@ are dense. Samples are seeded per (task, length, index), so every method sees th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +28,13 @@ from hf_sparse_attn.runtime.attention import (
 )
 from hf_sparse_attn.runtime.fileio import atomic_write, atomic_write_text
 from hf_sparse_attn.runtime.log import silenced
-from hf_sparse_attn.runtime.modeling import ARCHITECTURE_FIELDS, sparse_config_of, update_sparse_config
+from hf_sparse_attn.runtime.modeling import (
+    ARCHITECTURE_FIELDS,
+    load_indexer,
+    save_indexer,
+    sparse_config_of,
+    update_sparse_config,
+)
 from hf_sparse_attn.tasks import HELD_OUT_TASKS, TASKS, generate, score
 
 from ..bench.report import have_matplotlib
@@ -84,34 +93,66 @@ def evaluate(
     rows: list[dict] = []
     bar = tqdm(total=len(methods) * len(lengths) * len(tasks), desc="eval", disable=not progress)
     try:
-        for length in lengths:
-            prompts = {
-                t: [generate(t, tokenizer, length, seed=EVAL_SEED + 7919 * i) for i in range(samples)]
-                for t in tasks
-            }
-            for method in methods:
-                changes = dict(method.changes)
-                quiet = nullcontext()
-                if method.name == "streaming":
-                    changes.pop("density")
-                    config = replace(sparse_config_of(model), **_restore(base, changes))
-                    changes.update(streaming_changes(method, length, config))
-                    # sink + local blocks only by design: the warning that they fill the budget would
-                    # tell the user to fix what the baseline is meant to be
-                    quiet = silenced(FORCED_BLOCKS_FILL_BUDGET)
-                changes["min_sparse_len"] = min(lengths) // 2
-                update_sparse_config(model, **_restore(base, changes))
-                model.set_attn_implementation(attention_name(method))
-                with quiet, sparse_at_every_budget():
-                    for task in tasks:
-                        bar.set_postfix_str(f"{length} {method.label} {task}")
-                        rows.append(_run(model, tokenizer, method, length, task, prompts[task], batch_size))
-                        bar.update()
+        with indexer_swaps(model, methods) as use_indexer_of:
+            for length in lengths:
+                prompts = {
+                    t: [generate(t, tokenizer, length, seed=EVAL_SEED + 7919 * i) for i in range(samples)]
+                    for t in tasks
+                }
+                for method in methods:
+                    use_indexer_of(method)
+                    changes = dict(method.changes)
+                    quiet = nullcontext()
+                    if method.name == "streaming":
+                        changes.pop("density")
+                        config = replace(sparse_config_of(model), **_restore(base, changes))
+                        changes.update(streaming_changes(method, length, config))
+                        # sink + local blocks only by design: the warning that they fill the budget would
+                        # tell the user to fix what the baseline is meant to be
+                        quiet = silenced(FORCED_BLOCKS_FILL_BUDGET)
+                    changes["min_sparse_len"] = min(lengths) // 2
+                    update_sparse_config(model, **_restore(base, changes))
+                    model.set_attn_implementation(attention_name(method))
+                    with quiet, sparse_at_every_budget():
+                        for task in tasks:
+                            bar.set_postfix_str(f"{length} {method.label} {task}")
+                            rows.append(
+                                _run(model, tokenizer, method, length, task, prompts[task], batch_size)
+                            )
+                            bar.update()
     finally:
         update_sparse_config(model, **_restore(base, {}))
         model.set_attn_implementation("sparse_prefill")
         bar.close()
     return rows
+
+
+@contextlib.contextmanager
+def indexer_swaps(model: torch.nn.Module, methods: list[Method]) -> Iterator[Callable[[Method], None]]:
+    """Yields ``use(method)``: puts the method's other indexer (``Method.indexer``) in the model, or the
+    model's own back. Every other indexer is loaded once up front, so one that does not fit the model
+    fails before any prompt runs; the model's own indexer is back on exit, also after an error."""
+    others = {m.indexer for m in methods if m.indexer is not None}
+    if not others:
+        yield lambda method: None
+        return
+    current: list[str | None] = [None]
+    with tempfile.TemporaryDirectory(prefix="own-indexer-") as own:
+        save_indexer(model, own)
+
+        def use(method: Method) -> None:
+            wanted = method.indexer[1] if method.indexer is not None else None
+            if wanted != current[0]:
+                load_indexer(model, wanted or own)
+                current[0] = wanted
+
+        try:
+            for _, directory in sorted(others):
+                use(Method("indexer", indexer=("check", directory)))
+            yield use
+        finally:
+            if current[0] is not None:
+                load_indexer(model, own)
 
 
 def _restore(base: dict, changes: dict) -> dict:
