@@ -16,11 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEED = "results/speed_h200"
 PROXY = "results/proxy_v7"
 QUALITY = [f"{PROXY}/eval_gpu_4k_100/eval.json", f"{PROXY}/eval_gpu_4k_100_baselines/eval.json"]
+QUALITY_BUDGET = [f"{PROXY}/eval_gpu_4k_100/eval.json", f"{PROXY}/budget_gpu_4k_100/eval.json"]
 QUALITY_LENGTHS = [
     ("4096 tokens, 110 prompts", f"{PROXY}/eval_gpu/eval.json", 4096),
     ("8192 tokens, 110 prompts", f"{PROXY}/eval_gpu/eval.json", 8192),
     ("8192 tokens, 440 prompts", f"{PROXY}/eval_gpu_8k_40/eval.json", 8192),
     ("16384 tokens, 110 prompts", f"{PROXY}/eval_gpu/eval.json", 16384),
+    ("16384 tokens, 440 prompts", f"{PROXY}/eval_gpu_16k_40/eval.json", 16384),
+]
+LENGTHS_RUNS = f"{PROXY}/distill_lengths_gpu"
+QUALITY_DISTILL_LENGTHS = [
+    (
+        "4096, 1,100 prompts",
+        [f"{LENGTHS_RUNS}/eval_4k_100/eval.json", f"{LENGTHS_RUNS}/longer_4k_100/eval.json"],
+        4096,
+    ),
+    ("8192, 440", [f"{LENGTHS_RUNS}/eval_8k_40/eval.json", f"{LENGTHS_RUNS}/longer_8k_40/eval.json"], 8192),
+    ("16384, 440", f"{PROXY}/eval_gpu_16k_40/eval.json", 16384),
 ]
 QUALITY_HELDOUT = [
     (f"{n} tokens, 80 prompts", f"{PROXY}/heldout_gpu/eval.json", n) for n in (4096, 8192, 16384)
@@ -42,6 +54,23 @@ SHAPE_NAMES = {
 
 def _load(rel: str) -> dict:
     return json.loads((ROOT / rel).read_text())
+
+
+def _rows(paths: str | list[str]) -> list[dict]:
+    """The rows of one eval JSON, or of several runs on the same prompts merged: a (label, length,
+    task) cell that two runs both hold (their dense rows, say) is kept once, and only if the two
+    agree prompt for prompt, since pairing against dense is meaningful only then."""
+    merged: dict[tuple, dict] = {}
+    for path in [paths] if isinstance(paths, str) else paths:
+        for row in _load(path)["rows"]:
+            key = (row["label"], row["length"], row["task"])
+            seen = merged.setdefault(key, row)
+            if seen is not row and seen["correct"] != row["correct"]:
+                raise ValueError(
+                    f"{path}: {key} differs from an earlier run's answers on the same prompts; "
+                    "runs merged into one table must share their prompts and their dense rows"
+                )
+    return list(merged.values())
 
 
 def _kernel_cell(rows: list[dict], shape: str, method: str, density: float) -> str:
@@ -105,14 +134,25 @@ def ttft_table() -> str:
 
 def quality_table() -> str:
     """Each selection method on the bundled proxy at 4096 tokens: macro ± 95% CI, paired vs dense."""
+    return _method_rows(QUALITY, lambda s: -s["accuracy"])
+
+
+def quality_budget_table() -> str:
+    """The block oracle and the indexer at 4096 tokens under larger budgets, the same 1,100 prompts."""
+    return _method_rows(QUALITY_BUDGET, lambda s: (s["method"] != "dense", s["method"], s["density"] or 1.0))
+
+
+def _method_rows(paths: list[str], order: Callable[[dict], object]) -> str:
+    """One row per method at 4096 tokens (the runs merged by ``_rows``), sorted by ``order`` of its
+    macro summary: macro ± 95% CI, the paired difference to dense, the kept blocks, the prompts."""
     from .eval.runner import macro
 
-    rows = [r for path in QUALITY for r in _load(path)["rows"] if r["length"] == 4096]
+    rows = [r for r in _rows(paths) if r["length"] == 4096]
     lines = [
         "| method | macro accuracy, 95% CI | vs dense, paired | kept blocks | prompts per task |",
         "|---|---|---|---|---|",
     ]
-    for (label, _), s in sorted(macro(rows).items(), key=lambda kv: -kv[1]["accuracy"]):
+    for (label, _), s in sorted(macro(rows).items(), key=lambda kv: order(kv[1])):
         prompts = min(r["samples"] for r in rows if r["label"] == label)
         paired = (
             "-" if s["vs_dense"] is None else f"{100 * s['vs_dense'][0]:+.1f} ± {100 * s['vs_dense'][1]:.1f}"
@@ -135,7 +175,13 @@ def _paired_cell(s: dict) -> str:
 def quality_lengths_table() -> str:
     """Each method at 1x, 2x and 4x the indexer's training length, every method of a column on the same
     prompts: macro ± 95% CI, and the paired difference to dense ± its 95% half-width."""
-    return _method_grid(QUALITY_LENGTHS, _paired_cell)
+    return _method_grid(QUALITY_LENGTHS, _paired_cell, keep=lambda label: "[" not in label)
+
+
+def quality_distill_lengths_table() -> str:
+    """The bundled indexer (300 steps at 4096 tokens) against indexers distilled at 8192 and 16384
+    tokens and for 900 steps at 4096, on the same prompts per length."""
+    return _method_grid(QUALITY_DISTILL_LENGTHS, _paired_cell)
 
 
 def quality_heldout_table() -> str:
@@ -148,14 +194,26 @@ def quality_continued_table() -> str:
     return _method_grid(QUALITY_CONTINUED, _paired_cell)
 
 
-def _method_grid(runs: list[tuple[str, str, int | None]], cell: Callable[[dict], str]) -> str:
-    """One row per method, one column per (title, eval JSON, length or None for the run's only one):
-    ``cell`` of the method's macro summary there, empty where the run lacks the method."""
+def _method_grid(
+    runs: list[tuple[str, str | list[str], int | None]],
+    cell: Callable[[dict], str],
+    keep: Callable[[str], bool] = lambda label: True,
+) -> str:
+    """One row per method (whose label ``keep`` accepts), one column per (title, eval JSON or runs
+    merged by ``_rows``, length or None for the run's only one): ``cell`` of the method's macro
+    summary there, empty where the run lacks the method."""
     from .eval.runner import macro
 
     columns = [
-        (title, {label: s for (label, n), s in macro(_load(path)["rows"]).items() if length in (None, n)})
-        for title, path, length in runs
+        (
+            title,
+            {
+                label: s
+                for (label, n), s in macro(_rows(paths)).items()
+                if length in (None, n) and keep(label)
+            },
+        )
+        for title, paths, length in runs
     ]
     labels = list(dict.fromkeys(label for _, summary in columns for label in summary))
     lines = ["| method | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -213,6 +271,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "ttft-128k": ttft_table,
     "quality-4k": quality_table,
     "quality-lengths": quality_lengths_table,
+    "quality-budget": quality_budget_table,
+    "quality-distill-lengths": quality_distill_lengths_table,
     "quality-heldout": quality_heldout_table,
     "quality-continued": quality_continued_table,
     "profile-128k": profile_table,

@@ -31,3 +31,36 @@ def test_outside_a_checkout_the_error_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(docs_tables, "ROOT", tmp_path)
     with pytest.raises(FileNotFoundError, match="source checkout"):
         docs_tables.stale_docs()
+
+
+def test_runs_merge_into_one_table_only_when_their_shared_rows_agree(monkeypatch, tmp_path):
+    """A table merges runs on the same prompts (a budget sweep beside the served budget's run): each
+    (label, length, task) cell is kept once, and a dense row that differs between runs is refused,
+    since pairing against it would then mean nothing."""
+    import json
+
+    import pytest
+
+    def row(label, correct):
+        return {
+            "label": label,
+            "method": label.split()[0],
+            "length": 4096,
+            "task": "qa",
+            "correct": correct,
+            "accuracy": sum(correct) / len(correct),
+            "samples": len(correct),
+            "density": None,
+        }
+
+    monkeypatch.setattr(docs_tables, "ROOT", tmp_path)
+    for name, rows in {
+        "a.json": [row("dense", [1, 1, 0]), row("indexer density=0.1", [1, 0, 0])],
+        "b.json": [row("dense", [1, 1, 0]), row("indexer density=0.2", [1, 1, 0])],
+        "c.json": [row("dense", [1, 0, 0])],
+    }.items():
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+    merged = docs_tables._rows(["a.json", "b.json"])
+    assert sorted(r["label"] for r in merged) == ["dense", "indexer density=0.1", "indexer density=0.2"]
+    with pytest.raises(ValueError, match="c.json.*differs from an earlier run"):
+        docs_tables._rows(["a.json", "c.json"])

@@ -411,9 +411,8 @@ def test_other_indexers_run_in_the_models_place_and_the_own_one_comes_back(tiny,
 
 def test_an_other_indexer_that_does_not_fit_fails_before_any_prompt_runs(tiny, tok, tmp_path, monkeypatch):
     import hf_sparse_attn_lab.eval.runner as runner
-    from hf_sparse_attn.runtime.modeling import indexer_state_dict
-
     from hf_sparse_attn import save_indexer
+    from hf_sparse_attn.runtime.modeling import indexer_state_dict
 
     fields = {k: v for k, v in tiny.config.to_dict().items() if k != "layer_types"}
     deeper = Qwen3Config(**{**fields, "num_hidden_layers": 3})  # another base model: a layer more
