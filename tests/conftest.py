@@ -68,6 +68,11 @@ def tiny_config(request):
     return qwen3_config() if request.param == "qwen3" else qwen3_5_config()
 
 
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative error ||out - ref|| / ||ref|| in fp32 (fla's assert style: one number per tensor)."""
+    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-12))
+
+
 def dense_causal_attention(q, k, v, scale, token_mask=None):
     """Materialized reference: causal softmax attention with an optional extra bool mask [B, H, S, S]."""
     B, H, S, D = q.shape

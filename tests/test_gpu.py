@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rel_err
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer, select_blocks
 from hf_sparse_attn.ops.block_sparse_attn.naive import block_sparse_attention as bsa_ref
@@ -13,10 +14,6 @@ from hf_sparse_attn.ops.pooled_mass.triton import pooled_attention_mass_triton
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 BF16_REL = 1.6e-2
-
-
-def rel_err(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 @pytest.mark.parametrize("S", [4096, 16384, 32768])

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 import torch
-from conftest import build, qwen3_config
+from conftest import build, qwen3_config, rel_err
 
 from hf_sparse_attn import SparseAttentionConfig, attach_indexer, indexers, select_blocks
 from hf_sparse_attn.ops.decode_mass.naive import decode_block_mass
@@ -26,10 +26,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs interpret
 
 def _on_device(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.to(DEVICE) for t in tensors]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-12))
 
 
 def _case(B, Hq, Hkv, L, D, bs, G, width, seed=0, dtype=torch.float32):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rel_err
 
 pytest.importorskip("triton")
 
@@ -20,10 +21,6 @@ from hf_sparse_attn.ops.probe_mass.naive import row_probe_mass  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-12))
 
 
 def _inputs(B, Hq, Hkv, S, D, dtype, seed=0):
