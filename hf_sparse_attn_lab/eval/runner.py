@@ -136,20 +136,19 @@ def indexer_swaps(model: torch.nn.Module, methods: list[Method]) -> Iterator[Cal
     if not others:
         yield lambda method: None
         return
-    current: list[str | None] = [None]
+    current: list[str | None] = [None]  # the directory whose indexer the model holds; None: its own
     with tempfile.TemporaryDirectory(prefix="own-indexer-") as own:
         save_indexer(model, own)
 
-        def use(method: Method) -> None:
-            wanted = method.indexer[1] if method.indexer is not None else None
-            if wanted != current[0]:
-                load_indexer(model, wanted or own)
-                current[0] = wanted
+        def put(directory: str | None) -> None:
+            if directory != current[0]:
+                load_indexer(model, directory or own)
+                current[0] = directory
 
         try:
             for _, directory in sorted(others):
-                use(Method("indexer", indexer=("check", directory)))
-            yield use
+                put(directory)
+            yield lambda method: put(method.indexer[1] if method.indexer is not None else None)
         finally:
             if current[0] is not None:
                 load_indexer(model, own)
